@@ -1,0 +1,239 @@
+"""What every Heraldo gRPC service shares: the server, health, reflection, metrics, Consul, shutdown.
+
+A service's ``__main__`` builds its servicers and hands them to :func:`serve`, which starts a
+grpc.aio server with the standard health service (what Consul checks) and server reflection (what
+grpcurl uses), exposes Prometheus metrics, registers the instance in Consul, and on SIGTERM or
+SIGINT turns health to NOT_SERVING, deregisters, drains in-flight RPCs and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter, Histogram, start_http_server
+
+from heraldo.errors import HeraldoError
+from heraldo.registry import ConsulAddress, ServiceRegistration
+
+logger = logging.getLogger(__name__)
+
+RPC_TOTAL = Counter("heraldo_rpc_total", "RPCs handled", ["method", "code"])
+RPC_SECONDS = Histogram("heraldo_rpc_seconds", "RPC duration", ["method"])
+
+#: Health and reflection calls come every few seconds from Consul and grpcurl; not worth a line.
+QUIET_METHOD_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """Who this process is: read from the environment, since replicas of one service differ here.
+
+    ``HERALDO_GRPC_PORT`` 0 picks a free port; ``HERALDO_ADVERTISE_ADDRESS`` is what Consul and
+    Envoy use to reach it.
+    """
+
+    service: str
+    instance_id: str
+    bind_host: str
+    advertise_address: str
+    grpc_port: int
+    metrics_port: int
+
+    @classmethod
+    def from_env(cls, service: str, default_port: int) -> Instance:
+        port = int(os.environ.get("HERALDO_GRPC_PORT", default_port))
+        host = os.environ.get("HERALDO_BIND_HOST", "127.0.0.1")
+        advertise = os.environ.get("HERALDO_ADVERTISE_ADDRESS", "127.0.0.1" if host in (
+            "0.0.0.0", "::") else host)
+        instance_id = os.environ.get("HERALDO_INSTANCE_ID") or f"{service}-{socket.gethostname()}"
+        return cls(service=service, instance_id=instance_id, bind_host=host,
+                   advertise_address=advertise, grpc_port=port,
+                   metrics_port=int(os.environ.get("HERALDO_METRICS_PORT", 0)))
+
+
+def _status_name(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    if code is None:
+        return "OK"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+class StatusInterceptor(grpc.aio.ServerInterceptor):
+    """Maps HeraldoError to its gRPC status and logs one line per RPC with its code and duration.
+
+    Servicers raise our own errors; no SQLAlchemy or SMTP exception reaches a client, and an
+    unexpected one is logged with its traceback and returned as INTERNAL without internals.
+    """
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        quiet = method.startswith(QUIET_METHOD_PREFIXES)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method, quiet),
+                handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method, quiet),
+                handler.request_deserializer, handler.response_serializer)
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(handler.stream_stream, method, quiet),
+                handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(
+            self._wrap_unary(handler.stream_unary, method, quiet),
+            handler.request_deserializer, handler.response_serializer)
+
+    @staticmethod
+    async def _fail(context, method: str, exc: BaseException) -> None:
+        if isinstance(exc, HeraldoError):
+            await context.abort(exc.status_code, str(exc))
+        logger.exception("unexpected error in rpc=%s", method)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+
+    @staticmethod
+    def _record(context, method: str, started: float, quiet: bool) -> None:
+        elapsed_s = time.perf_counter() - started
+        code = _status_name(context)
+        RPC_TOTAL.labels(method, code).inc()
+        RPC_SECONDS.labels(method).observe(elapsed_s)
+        if not quiet:
+            logger.info("rpc=%s code=%s elapsed_ms=%.1f", method, code, elapsed_s * 1000)
+
+    def _wrap_unary(self, behavior, method: str, quiet: bool):
+        async def unary(request, context):
+            started = time.perf_counter()
+            try:
+                return await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the one boundary that maps every error
+                await self._fail(context, method, exc)
+            finally:
+                self._record(context, method, started, quiet)
+
+        return unary
+
+    def _wrap_stream(self, behavior, method: str, quiet: bool):
+        async def stream(request, context):
+            started = time.perf_counter()
+            try:
+                if inspect.isasyncgenfunction(behavior):
+                    async for response in behavior(request, context):
+                        yield response
+                else:
+                    await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the one boundary that maps every error
+                await self._fail(context, method, exc)
+            finally:
+                self._record(context, method, started, quiet)
+
+        return stream
+
+
+@dataclass
+class Servicer:
+    """A servicer, the generated function that adds it to a server, and its full service name."""
+
+    implementation: object
+    add_to_server: Callable[[object, grpc.aio.Server], None]
+    full_name: str
+
+
+class RunningService:
+    """A started gRPC server with health, reflection, metrics and its Consul registration."""
+
+    def __init__(self, *, instance: Instance, servicers: Iterable[Servicer],
+                 consul_address: ConsulAddress, check_interval_s: float,
+                 deregister_critical_after_s: float, tags: list[str] | None = None,
+                 max_message_bytes: int = 8 * 1024 * 1024) -> None:
+        self.instance = instance
+        self.servicers = list(servicers)
+        self.consul = consul_address.client()
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[StatusInterceptor()],
+            options=[("grpc.max_receive_message_length", max_message_bytes),
+                     ("grpc.so_reuseport", 0)],
+        )
+        self.port = 0
+        self.metrics_port = 0
+        self._tags = tags or []
+        self._check_interval_s = check_interval_s
+        self._deregister_after_s = deregister_critical_after_s
+        self.registration: ServiceRegistration | None = None
+
+    async def start(self) -> None:
+        """Raises Unavailable when the port is taken or Consul cannot be reached."""
+        for servicer in self.servicers:
+            servicer.add_to_server(servicer.implementation, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [s.full_name for s in self.servicers]
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], self.server)
+
+        self.port = self.server.add_insecure_port(
+            f"{self.instance.bind_host}:{self.instance.grpc_port}")
+        metrics_server, _ = start_http_server(self.instance.metrics_port,
+                                              addr=self.instance.bind_host)
+        self.metrics_port = metrics_server.server_port
+        await self.server.start()
+
+        for name in ["", *names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        instance_id = self.instance.instance_id
+        self.registration = ServiceRegistration(
+            name=self.instance.service, instance_id=instance_id,
+            address=self.instance.advertise_address, port=self.port, tags=self._tags,
+            meta={"metrics_port": str(self.metrics_port), "grpc_service": ",".join(names)},
+            check_interval_s=self._check_interval_s,
+            deregister_critical_after_s=self._deregister_after_s)
+        await self.registration.register(self.consul)
+        logger.info("serving service=%s id=%s port=%d metrics_port=%d",
+                    self.instance.service, instance_id, self.port, self.metrics_port)
+
+    async def stop(self, grace_s: float) -> None:
+        """Graceful shutdown: NOT_SERVING first, so Consul and Envoy stop sending new work."""
+        await self.health.enter_graceful_shutdown()
+        if self.registration is not None:
+            await self.registration.deregister(self.consul)
+        await self.server.stop(grace_s)
+        await self.consul.http._session.close()
+        logger.info("stopped service=%s id=%s", self.instance.service, self.instance.instance_id)
+
+
+async def wait_for_shutdown_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+def run_main(main: Callable[[], Awaitable[None]], *, what: str) -> None:
+    """Runs a service's main coroutine; a HeraldoError at start becomes one line and exit code 2."""
+    try:
+        asyncio.run(main())
+    except HeraldoError as exc:
+        print(f"{what}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
