@@ -1,5 +1,6 @@
-"""The database: one schema shared by the batch service (customers, invoices, job repository) and the
-notifiers (delivery log), on PostgreSQL or, where none is reachable, an embedded SQLite file.
+"""The database: one schema shared by the batch service (customers, invoices, job repository)
+and the notifiers (delivery log), on PostgreSQL or, where none is reachable, an embedded SQLite
+file.
 """
 
 from __future__ import annotations

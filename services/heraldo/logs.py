@@ -21,7 +21,7 @@ def configure(level: str = "INFO", *, service: str | None = None) -> None:
 
 
 def mask_email(address: str) -> str:
-    """``jane.doe@example.com`` becomes ``j***@example.com``: enough to tell mails apart in a log."""
+    """``jane.doe@example.com`` becomes ``j***@example.com``: enough to tell mails apart."""
     local, sep, domain = address.rpartition("@")
     if not sep:
         return "***"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Mapping
@@ -10,9 +9,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
-import consul
 import consul.aio
 
+import consul
 from heraldo.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -97,16 +96,16 @@ class ServiceRegistration:
                 self.name, service_id=self.instance_id, address=self.address, port=self.port,
                 tags=self.tags, meta=self.meta, check=self.check(), replace_existing_checks=True,
             )
-        except (aiohttp.ClientError, OSError, consul.ConsulException, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, consul.ConsulException) as exc:
             raise Unavailable(f"cannot register {self.instance_id} in Consul: {exc}") from exc
         logger.info("registered service=%s id=%s address=%s:%d",
                     self.name, self.instance_id, self.address, self.port)
 
     async def deregister(self, client: consul.aio.Consul) -> None:
-        """Best effort: a failure is logged, since Consul's DeregisterCriticalServiceAfter cleans up."""
+        """Best effort: a failure is logged; DeregisterCriticalServiceAfter cleans up anyway."""
         try:
             await client.agent.service.deregister(self.instance_id)
-        except (aiohttp.ClientError, OSError, consul.ConsulException, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, consul.ConsulException) as exc:
             logger.warning("could not deregister id=%s: %s", self.instance_id, exc)
             return
         logger.info("deregistered service=%s id=%s", self.name, self.instance_id)

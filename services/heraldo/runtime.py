@@ -1,4 +1,4 @@
-"""What every Heraldo gRPC service shares: the server, health, reflection, metrics, Consul, shutdown.
+"""What every Heraldo gRPC service shares: server, health, reflection, metrics, Consul, shutdown.
 
 A service's ``__main__`` builds its servicers and hands them to :func:`serve`, which starts a
 grpc.aio server with the standard health service (what Consul checks) and server reflection (what
@@ -18,16 +18,22 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
+import aiohttp
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
-from heraldo.errors import HeraldoError
-from heraldo.registry import ConsulAddress, ServiceRegistration
+import consul
+from heraldo.errors import HeraldoError, Unavailable
+from heraldo.registry import ConsulAddress, ServiceRegistration, read_kv_tree
+from heraldo.settings import resolve
 
 logger = logging.getLogger(__name__)
+
+SettingsT = TypeVar("SettingsT")
 
 RPC_TOTAL = Counter("heraldo_rpc_total", "RPCs handled", ["method", "code"])
 RPC_SECONDS = Histogram("heraldo_rpc_seconds", "RPC duration", ["method"])
@@ -218,6 +224,24 @@ class RunningService:
         await self.server.stop(grace_s)
         await self.consul.http._session.close()
         logger.info("stopped service=%s id=%s", self.instance.service, self.instance.instance_id)
+
+
+async def load_settings(settings_cls: type[SettingsT], service: str,
+                        consul_address: ConsulAddress) -> SettingsT:
+    """Reads the service's settings from Consul KV and the environment.
+
+    Raises:
+        Unavailable: Consul cannot be reached (the message says where).
+        ConfigError: a value from the environment is invalid.
+    """
+    client = consul_address.client()
+    try:
+        kv = await read_kv_tree(client)
+    except (TimeoutError, OSError, aiohttp.ClientError, consul.ConsulException) as exc:
+        raise Unavailable(f"cannot reach Consul at {consul_address.url}: {exc}") from exc
+    finally:
+        await client.http._session.close()
+    return resolve(settings_cls, service, kv)
 
 
 async def wait_for_shutdown_signal() -> None:

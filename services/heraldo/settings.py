@@ -76,8 +76,8 @@ def resolve(
 
     Each field ``name`` reads ``config/application/name``, then ``config/<service>/name``, then
     ``HERALDO_NAME``. A KV value that does not convert or validate is logged with its key and the
-    field keeps its ``fallback`` value (the last good settings); a bad environment value is an error,
-    because the operator just typed it.
+    field keeps its ``fallback`` value (the last good settings); a bad environment value is an
+    error, because the operator just typed it.
 
     Raises:
         ConfigError: a value from the environment is invalid, or a field has no value at all.
@@ -87,7 +87,8 @@ def resolve(
     values: dict[str, Any] = {}
     for field in dataclasses.fields(settings_cls):  # type: ignore[arg-type]
         target = hints[field.name]
-        for key in (f"{KV_PREFIX}{SHARED_SCOPE}/{field.name}", f"{KV_PREFIX}{service}/{field.name}"):
+        shared_key = f"{KV_PREFIX}{SHARED_SCOPE}/{field.name}"
+        for key in (shared_key, f"{KV_PREFIX}{service}/{field.name}"):
             if key not in kv:
                 continue
             try:

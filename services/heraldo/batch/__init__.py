@@ -1,0 +1,1 @@
+"""The batch service: a job runner that reads invoices in chunks and streams them to notifiers."""

@@ -1,0 +1,180 @@
+"""BatchService: starts, inspects, stops and restarts notification jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import logging
+import time
+
+from heraldo.batch.engine import JobRunner
+from heraldo.batch.params import parse_params, validate_job_name
+from heraldo.batch.repository import (
+    RUNNING_STATUSES,
+    TERMINAL_STATUSES,
+    Execution,
+    JobRepository,
+)
+from heraldo.batch.settings import BatchSettings
+from heraldo.convert import timestamp, utcnow
+from heraldo.errors import FailedPrecondition, InvalidArgument
+from heraldo.v1 import batch_pb2, batch_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+WATCH_POLL_S = 0.5
+#: An execution whose heartbeat is this many intervals old belongs to a dead process.
+STALE_HEARTBEATS = 3
+
+
+def job_to_proto(execution: Execution, reasons: dict[str, int],
+                 sent_by_replica: dict[str, int]) -> batch_pb2.Job:
+    end = execution.end_time or utcnow()
+    start = execution.start_time or execution.create_time
+    elapsed_s = max((_aware(end) - _aware(start)).total_seconds(), 1e-6)
+    rate = execution.processed / elapsed_s if execution.processed else 0.0
+    left = execution.selected - execution.processed
+    if execution.status in TERMINAL_STATUSES:
+        seconds_left = 0.0
+    else:
+        seconds_left = left / rate if rate > 0 else -1.0
+    return batch_pb2.Job(
+        job_id=execution.id, job_name=execution.job_name,
+        status=batch_pb2.JobStatus.Value(f"JOB_STATUS_{execution.status}"),
+        parameters=execution.params.to_proto(),
+        counts=batch_pb2.JobCounts(
+            selected=execution.selected, processed=execution.processed, sent=execution.sent,
+            skipped=execution.skipped, failed=execution.failed, duplicate=execution.duplicate),
+        reasons=reasons, sent_by_replica=sent_by_replica,
+        create_time=timestamp(execution.create_time), start_time=timestamp(execution.start_time),
+        end_time=timestamp(execution.end_time), exit_message=execution.exit_message,
+        rate_per_second=rate, seconds_left=seconds_left)
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _require_job_id(job_id: str) -> str:
+    if not job_id:
+        raise InvalidArgument("job_id", "is required")
+    return job_id
+
+
+class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
+    def __init__(self, *, settings: BatchSettings, repository: JobRepository, runner: JobRunner,
+                 owner: str) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.runner = runner
+        self.owner = owner
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    async def StartJob(self, request, context):
+        job_name = validate_job_name(request.job_name)
+        params = parse_params(request.parameters, templates=self.settings.template_names)
+        return await self._launch(job_name, params)
+
+    async def RestartJob(self, request, context):
+        previous = await self.repository.get(_require_job_id(request.job_id))
+        await self._abandon_if_stale(previous.instance_id)
+        latest = await self.repository.latest_of_instance(previous.instance_id)
+        if latest is not None and latest.id != previous.id:
+            raise FailedPrecondition(
+                f"job {previous.id} was already restarted as job {latest.id}; restart that one")
+        if previous.status not in ("STOPPED", "FAILED"):
+            raise FailedPrecondition(
+                f"job {previous.id} is {previous.status}; only STOPPED or FAILED jobs restart")
+        return await self._launch(previous.job_name, previous.params)
+
+    async def _launch(self, job_name, params):
+        selected = await self.repository.count_selected(params)
+        execution = await self._create(job_name, params, selected)
+        self._tasks[execution.id] = asyncio.create_task(self.runner.run(execution))
+        self._tasks[execution.id].add_done_callback(lambda _: self._tasks.pop(execution.id, None))
+        return job_to_proto(execution, {}, {})
+
+    async def _create(self, job_name, params, selected) -> Execution:
+        try:
+            return await self.repository.create_execution(
+                job_name, params, selected=selected, owner=self.owner)
+        except FailedPrecondition:
+            # The instance may be held by a dead process; if so it is taken over, once.
+            existing = await self.repository.find_instance(job_name, params)
+            if existing is None or not await self._abandon_if_stale(existing):
+                raise
+            return await self.repository.create_execution(
+                job_name, params, selected=selected, owner=self.owner)
+
+    async def _abandon_if_stale(self, instance_id: str) -> bool:
+        stale_after_s = self.settings.heartbeat_interval_s * STALE_HEARTBEATS
+        return await self.repository.abandon_if_stale(instance_id, stale_after_s=stale_after_s)
+
+    async def GetJob(self, request, context):
+        return await self._job(_require_job_id(request.job_id))
+
+    async def _job(self, job_id: str) -> batch_pb2.Job:
+        execution = await self.repository.get(job_id)
+        reasons, replicas = await self.repository.breakdown(execution.instance_id)
+        return job_to_proto(execution, reasons, replicas)
+
+    async def ListJobs(self, request, context):
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        before = _decode_page_token(request.page_token) if request.page_token else None
+        executions = await self.repository.list(limit=page_size + 1, before=before)
+        page = executions[:page_size]
+        token = ""
+        if len(executions) > page_size:
+            last = page[-1]
+            token = base64.urlsafe_b64encode(
+                f"{_aware(last.create_time).isoformat()}|{last.id}".encode()).decode()
+        return batch_pb2.ListJobsResponse(
+            jobs=[job_to_proto(execution, {}, {}) for execution in page], next_page_token=token)
+
+    async def StopJob(self, request, context):
+        execution = await self.repository.request_stop(_require_job_id(request.job_id))
+        logger.info("job stopping job_id=%s", execution.id)
+        return await self._job(execution.id)
+
+    async def WatchJob(self, request, context):
+        job_id = _require_job_id(request.job_id)
+        previous = None
+        while True:
+            job = await self._job(job_id)
+            if job != previous:
+                yield batch_pb2.JobEvent(job=job)
+                previous = job
+            if job.status in (batch_pb2.JOB_STATUS_STOPPED, batch_pb2.JOB_STATUS_COMPLETED,
+                              batch_pb2.JOB_STATUS_FAILED):
+                return
+            await asyncio.sleep(WATCH_POLL_S)
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Asks this process's running jobs to stop after their chunk in flight, and waits."""
+        tasks = list(self._tasks.items())
+        for job_id, _ in tasks:
+            try:
+                await self.repository.request_stop(job_id)
+            except FailedPrecondition:
+                pass
+        if tasks:
+            started = time.perf_counter()
+            _, pending = await asyncio.wait([task for _, task in tasks], timeout=grace_s)
+            logger.info("jobs drained finished=%d still_running=%d waited_s=%.1f",
+                        len(tasks) - len(pending), len(pending), time.perf_counter() - started)
+
+
+def _decode_page_token(token: str) -> tuple[dt.datetime, str]:
+    try:
+        stamp, job_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
+        return dt.datetime.fromisoformat(stamp), job_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument("page_token", "is not a token from a previous ListJobs") from exc
+
+
+__all__ = ["BatchServicer", "RUNNING_STATUSES", "job_to_proto"]
