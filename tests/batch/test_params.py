@@ -1,0 +1,59 @@
+"""Job parameters: every bad value is refused with the field it concerns."""
+
+import pytest
+from google.type.date_pb2 import Date
+
+from heraldo.batch.params import JobParams, parse_params, validate_job_name
+from heraldo.errors import InvalidArgument
+from heraldo.v1 import batch_pb2
+
+TEMPLATES = frozenset({"invoice"})
+
+
+def test_empty_parameters_select_open_invoices():
+    params = parse_params(batch_pb2.JobParameters(), templates=TEMPLATES)
+
+    assert params == JobParams()
+
+
+def test_identity_ignores_chunk_size_but_not_selection():
+    small = parse_params(batch_pb2.JobParameters(chunk_size=10), templates=TEMPLATES)
+    large = parse_params(batch_pb2.JobParameters(chunk_size=500), templates=TEMPLATES)
+    france = parse_params(batch_pb2.JobParameters(countries=["France"]), templates=TEMPLATES)
+
+    assert small.identity_key() == large.identity_key()
+    assert france.identity_key() != small.identity_key()
+
+
+def test_parameters_survive_a_round_trip_through_the_repository_format():
+    params = parse_params(batch_pb2.JobParameters(
+        issued_from=Date(year=2011, month=1, day=1), issued_to=Date(year=2011, month=3, day=31),
+        countries=["France", "EIRE"], kinds=[1, 2], chunk_size=50), templates=TEMPLATES)
+
+    assert JobParams.from_json(params.to_json()) == params
+
+
+@pytest.mark.parametrize(("message", "field"), [
+    (batch_pb2.JobParameters(issued_from=Date(year=2011, month=2, day=30)),
+     "parameters.issued_from"),
+    (batch_pb2.JobParameters(issued_from=Date(year=2011, month=5, day=1),
+                             issued_to=Date(year=2011, month=4, day=1)), "parameters.issued_to"),
+    (batch_pb2.JobParameters(template="reminder"), "parameters.template"),
+    (batch_pb2.JobParameters(chunk_size=-1), "parameters.chunk_size"),
+    (batch_pb2.JobParameters(chunk_size=1_000_000), "parameters.chunk_size"),
+    (batch_pb2.JobParameters(kinds=[0]), "parameters.kinds"),
+    (batch_pb2.JobParameters(countries=[" "]), "parameters.countries"),
+])
+def test_bad_parameters_name_the_field(message, field):
+    with pytest.raises(InvalidArgument) as caught:
+        parse_params(message, templates=TEMPLATES)
+
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize("name", ["", "Upper", "has space", "x" * 101, "-leading"])
+def test_bad_job_names_are_refused(name):
+    with pytest.raises(InvalidArgument) as caught:
+        validate_job_name(name)
+
+    assert caught.value.field == "job_name"

@@ -1,0 +1,129 @@
+"""Fixtures shared by every test: a real PostgreSQL server, and databases created per test module.
+
+The server is ``DATABASE_URL``'s, else the one on 127.0.0.1:5432, else a throwaway cluster started
+from the PostgreSQL binaries (``initdb``/``pg_ctl``) when they are installed. Without any of those
+the run stops with one line saying what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+
+from heraldo import db
+
+LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _reachable(url: str) -> bool:
+    async def probe() -> bool:
+        try:
+            conn = await asyncpg.connect(url, timeout=3)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError):
+            return False
+        await conn.close()
+        return True
+
+    return asyncio.run(probe())
+
+
+def _pg_binaries() -> Path | None:
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).resolve().parent
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """An admin URL (database ``postgres``) of a PostgreSQL server the tests may create DBs on."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        url = sa.engine.make_url(configured).set(drivername="postgresql", database="postgres")
+        yield url.render_as_string(hide_password=False)
+        return
+    if _reachable(LOCAL_SERVER):
+        yield LOCAL_SERVER
+        return
+    binaries = _pg_binaries()
+    if binaries is None:
+        pytest.exit("PostgreSQL is missing: set DATABASE_URL, run a server on 127.0.0.1:5432, "
+                    "or install the server binaries (apt-get install postgresql)", returncode=3)
+    data_dir = Path(tempfile.mkdtemp(prefix="heraldo-pg-"))
+    port = _free_port()
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if run_as:
+        shutil.chown(data_dir, "postgres")
+    subprocess.run([*run_as, str(binaries / "initdb"), "-D", str(data_dir), "-U", "postgres",
+                    "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
+    subprocess.run([*run_as, str(binaries / "pg_ctl"), "-D", str(data_dir), "-w", "-l",
+                    str(data_dir / "server.log"), "-o", f"-p {port} -k {data_dir} -h 127.0.0.1",
+                    "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*run_as, str(binaries / "pg_ctl"), "-D", str(data_dir), "-m", "fast",
+                        "stop"], capture_output=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def make_database(postgres_server: str) -> Iterator:
+    """Creates throwaway databases; each is dropped when the test ends. Returns its plain URL."""
+    created: list[str] = []
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_server)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def create() -> str:
+        name = f"heraldo_test_{uuid.uuid4().hex[:10]}"
+        await admin(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return str(sa.engine.make_url(postgres_server).set(database=name).render_as_string(
+            hide_password=False))
+
+    yield create
+    for name in created:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def database_url(make_database) -> str:
+    """A fresh database with Heraldo's schema."""
+    url = await make_database()
+    engine = db.create_engine(db.database_url(url))
+    try:
+        await db.create_schema(engine)
+    finally:
+        await engine.dispose()
+    return url
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator:
+    engine = db.create_engine(db.database_url(database_url))
+    yield engine
+    await engine.dispose()

