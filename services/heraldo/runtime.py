@@ -61,12 +61,25 @@ class Instance:
     def from_env(cls, service: str, default_port: int) -> Instance:
         port = int(os.environ.get("HERALDO_GRPC_PORT", default_port))
         host = os.environ.get("HERALDO_BIND_HOST", "127.0.0.1")
-        advertise = os.environ.get("HERALDO_ADVERTISE_ADDRESS", "127.0.0.1" if host in (
-            "0.0.0.0", "::") else host)
+        advertise = os.environ.get("HERALDO_ADVERTISE_ADDRESS") or _reachable_address(host)
         instance_id = os.environ.get("HERALDO_INSTANCE_ID") or f"{service}-{socket.gethostname()}"
         return cls(service=service, instance_id=instance_id, bind_host=host,
                    advertise_address=advertise, grpc_port=port,
                    metrics_port=int(os.environ.get("HERALDO_METRICS_PORT", 0)))
+
+
+def _reachable_address(bind_host: str) -> str:
+    """The address others should dial: the bound one, or this host's own when bound to all.
+
+    Replicas of one container image cannot be told their address in advance (compose scales
+    them), so a wildcard bind advertises whatever the host name resolves to.
+    """
+    if bind_host not in ("0.0.0.0", "::", ""):
+        return bind_host
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 def _status_name(context: grpc.aio.ServicerContext) -> str:
