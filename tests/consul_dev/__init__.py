@@ -1,0 +1,1 @@
+"""Conformance tests of the Consul development stand-in, runnable against a real agent too."""
