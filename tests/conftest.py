@@ -31,7 +31,7 @@ def _reachable(url: str) -> bool:
     async def probe() -> bool:
         try:
             conn = await asyncpg.connect(url, timeout=3)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             return False
         await conn.close()
         return True

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
+import consul
 import consul.aio
 
-import consul
 from heraldo.errors import Unavailable
 
 logger = logging.getLogger(__name__)

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
+import consul
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
-import consul
 from heraldo.errors import HeraldoError, Unavailable
 from heraldo.registry import ConsulAddress, ServiceRegistration, read_kv_tree
 from heraldo.settings import resolve

@@ -35,6 +35,7 @@ from aiohttp import web
 from consul.exceptions import BadRequest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
+
 from heraldo.consul_dev import ConsulDevServer
 
 START_TIMEOUT_S = 20.0

