@@ -1,0 +1,88 @@
+"""Command line: ``online-retail FILE`` or ``demo [--invoices N] [--seed S]``.
+
+Writes to ``DATABASE_URL`` (the embedded SQLite file when unset), creating the schema
+first. Exit status: 0 done, 1 the database failed, 2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from heraldo import db, logs
+from heraldo.errors import HeraldoError, Unavailable
+from heraldo.importer.demo import DEFAULT_INVOICES, DEFAULT_SEED, load_demo
+from heraldo.importer.online_retail import SourceFileError, check_source, import_online_retail
+
+logger = logging.getLogger(__name__)
+
+PROG = "python -m heraldo.importer"
+EXIT_DATABASE_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.configure("WARNING")
+    try:
+        return asyncio.run(_run(args))
+    except SourceFileError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (HeraldoError, sa.exc.SQLAlchemyError, OSError) as exc:
+        # One readable line: a failed statement's SQL and parameters are no use here.
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"{PROG}: {detail}", file=sys.stderr)
+        return EXIT_DATABASE_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    retail = commands.add_parser("online-retail", help="import the UCI Online Retail CSV (.csv.gz)")
+    retail.add_argument("file", help="online_retail.csv.gz or a plain CSV with the same header")
+    demo = commands.add_parser("demo", help="load the deterministic demo data set")
+    demo.add_argument("--invoices", type=_positive_int, default=DEFAULT_INVOICES)
+    demo.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+async def _run(args: argparse.Namespace) -> int:
+    # The file is checked before the database is touched: bad input writes nothing.
+    if args.command == "online-retail":
+        check_source(args.file)
+    url = db.database_url()
+    engine = db.create_engine(url)
+    try:
+        await db.create_schema(engine)
+        print(f"loading into {db.describe(url)}", file=sys.stderr)
+        if args.command == "online-retail":
+            report = await import_online_retail(engine, args.file, progress=_print_progress)
+        else:
+            report = await load_demo(engine, invoices=args.invoices, seed=args.seed)
+    except sa.exc.SQLAlchemyError as exc:
+        raise Unavailable(f"loading into {db.describe(url)} failed: {exc}") from exc
+    finally:
+        await engine.dispose()
+    print(report.summary())
+    return 0
+
+
+def _print_progress(lines_read: int) -> None:
+    print(f"{lines_read:,} lines read", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
