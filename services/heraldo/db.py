@@ -112,12 +112,12 @@ deliveries = sa.Table(
 )
 
 
-def database_url(configured: str = "") -> str:
-    """``DATABASE_URL`` (or the configured value) as an async SQLAlchemy URL; else embedded SQLite.
+def database_url(url: str = "") -> str:
+    """``url``, else ``DATABASE_URL``, as an async SQLAlchemy URL; else the embedded SQLite file.
 
     ``postgresql://`` and ``postgres://`` URLs get the asyncpg driver.
     """
-    url = os.environ.get("DATABASE_URL") or configured
+    url = url or os.environ.get("DATABASE_URL", "")
     if not url:
         DEFAULT_SQLITE_PATH.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite+aiosqlite:///{DEFAULT_SQLITE_PATH.resolve()}"

@@ -1,0 +1,101 @@
+"""``python -m heraldo.notifier``: one notifier replica, registered in Consul as heraldo-notifier.
+
+Reads its settings from the KV seed, Consul KV and ``HERALDO_*`` variables; the replica id comes
+from ``HERALDO_INSTANCE_ID`` and the port from ``HERALDO_GRPC_PORT`` (default 50061). Exits with
+one line on stderr and status 2 when Consul or the database cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import aiohttp
+import consul
+
+from heraldo import logs
+from heraldo.db import create_engine, create_schema, database_url, describe
+from heraldo.errors import Unavailable
+from heraldo.notifier.mailer import Mailer
+from heraldo.notifier.servicer import NotifierServicer
+from heraldo.notifier.settings import SERVICE_SCOPE, NotifierSettings
+from heraldo.registry import ConsulAddress, read_kv_tree
+from heraldo.runtime import (
+    Instance,
+    RunningService,
+    Servicer,
+    run_main,
+    wait_for_shutdown_signal,
+)
+from heraldo.settings import load_seed, resolve
+from heraldo.v1 import notification_pb2, notification_pb2_grpc
+
+logger = logging.getLogger("heraldo.notifier")
+
+SERVICE_NAME = "heraldo-notifier"
+DEFAULT_GRPC_PORT = 50061
+#: Consul answers a local KV read in milliseconds; longer means it is not there.
+CONSUL_TIMEOUT_S = 5.0
+
+
+async def read_settings(address: ConsulAddress) -> NotifierSettings:
+    """Seed defaults, then Consul KV, then the environment.
+
+    Raises:
+        Unavailable: Consul cannot be reached at ``address``.
+        ConfigError: a value from the environment is invalid.
+    """
+    client = address.client()
+    try:
+        async with asyncio.timeout(CONSUL_TIMEOUT_S):
+            kv = await read_kv_tree(client)
+    except (aiohttp.ClientError, OSError, consul.ConsulException, TimeoutError) as exc:
+        raise Unavailable(f"cannot reach Consul at {address.url} (CONSUL_HTTP_ADDR): "
+                          f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        await client.close()
+    seed = load_seed()
+    # The seed alone is the fallback, so a bad value in KV falls back to its seed default
+    # instead of leaving the field without any value.
+    defaults = resolve(NotifierSettings, SERVICE_SCOPE, seed, env={})
+    return resolve(NotifierSettings, SERVICE_SCOPE, {**seed, **kv}, fallback=defaults)
+
+
+async def main() -> None:
+    logs.configure(os.environ.get("HERALDO_LOG_LEVEL", "INFO"), service=SERVICE_NAME)
+    consul_address = ConsulAddress.from_env()
+    settings = await read_settings(consul_address)
+    logs.configure(settings.log_level, service=SERVICE_NAME)
+
+    url = database_url()
+    engine = create_engine(url)
+    try:
+        await create_schema(engine)
+        instance = Instance.from_env(SERVICE_NAME, DEFAULT_GRPC_PORT)
+        mailer = Mailer(host=settings.smtp_host, port=settings.smtp_port,
+                        timeout_s=settings.smtp_timeout_s, connections=settings.smtp_connections)
+        servicer = NotifierServicer(settings=settings, engine=engine, mailer=mailer,
+                                    replica_id=instance.instance_id)
+        service = RunningService(
+            instance=instance,
+            servicers=[Servicer(
+                servicer, notification_pb2_grpc.add_NotifierServiceServicer_to_server,
+                notification_pb2.DESCRIPTOR.services_by_name["NotifierService"].full_name)],
+            consul_address=consul_address, check_interval_s=settings.check_interval_s,
+            deregister_critical_after_s=settings.deregister_critical_after_s)
+        logger.info("starting replica=%s smtp=%s:%d database=%s max_in_flight=%d",
+                    instance.instance_id, settings.smtp_host, settings.smtp_port, describe(url),
+                    settings.max_in_flight)
+        await service.start()
+        try:
+            await wait_for_shutdown_signal()
+        finally:
+            await service.stop(settings.shutdown_grace_s)
+            await servicer.close(settings.shutdown_grace_s)
+    finally:
+        await engine.dispose()
+
+
+if __name__ == "__main__":
+    run_main(main, what=SERVICE_NAME)

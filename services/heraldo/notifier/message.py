@@ -1,0 +1,118 @@
+"""Builds the bytes of a notification email: headers plus a multipart/alternative body.
+
+Building an ``email.message.EmailMessage`` and flattening it costs over 2 ms of CPU per email,
+which caps a process near 400 emails per second before any network work. The layout here is
+fixed (two UTF-8 text parts), so the bytes are assembled directly and only the parts that need
+care (encoded words in headers, quoted-printable bodies, dates) use the stdlib's helpers.
+"""
+
+from __future__ import annotations
+
+import binascii
+import datetime as dt
+import functools
+import logging
+import re
+from dataclasses import dataclass
+from email.header import Header
+from email.utils import format_datetime, formataddr, parseaddr
+
+from heraldo.notifier.render import RenderedEmail
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_ID_DOMAIN = "heraldo"
+CRLF = "\r\n"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def message_id_for(notification_id: str) -> str:
+    """The Message-ID of a notification, the same on every attempt so a resend is recognisable.
+
+    ``notification_id`` uses ``[A-Za-z0-9._:-]`` (the servicer checks it). A colon is not allowed
+    in a Message-ID, so it becomes ``=``; dots that would break the dot-atom (leading, trailing,
+    doubled) become ``~``. Neither replacement occurs in an id, so distinct ids keep distinct
+    Message-IDs.
+    """
+    local = notification_id.replace(":", "=")
+    if not _DOT_ATOM.fullmatch(local):
+        local = local.replace(".", "~")
+    return f"<{local}@{MESSAGE_ID_DOMAIN}>"
+
+
+def _header_text(value: str) -> str:
+    """One header line's value: control characters (a CR/LF injection) collapse to a space."""
+    value = " ".join(_CONTROL.sub(" ", value).split())
+    if value.isascii():
+        return value
+    return Header(value, "utf-8").encode(linesep=CRLF)
+
+
+def _mailbox(name: str, address: str) -> str:
+    return formataddr((" ".join(_CONTROL.sub(" ", name).split()), address), charset="utf-8")
+
+
+@functools.lru_cache(maxsize=16)
+def _address_header(value: str) -> str:
+    """A configured ``Name <address>`` as a header value; the few configured ones are cached."""
+    return _mailbox(*parseaddr(value))
+
+
+def _quoted_printable(text: str) -> bytes:
+    body = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", CRLF)
+    if not body.endswith(CRLF):
+        body += CRLF
+    return binascii.b2a_qp(body.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Who a message goes to and the ids it carries, beside what was rendered."""
+
+    notification_id: str
+    invoice_number: str
+    to_name: str
+    to_address: str
+    sender: str
+    reply_to: str = ""
+
+
+def compose(envelope: Envelope, rendered: RenderedEmail, *,
+            date: dt.datetime | None = None) -> bytes:
+    """The full message, CRLF line endings, 7-bit clean, ready for SMTP DATA."""
+    date = date or dt.datetime.now(dt.UTC)
+    message_id = message_id_for(envelope.notification_id)
+    # Quoted-printable writes every "=" as "=3D", so a boundary starting "=_" can never occur
+    # inside a part; deriving the rest from the Message-ID keeps the bytes deterministic.
+    boundary = f"=_heraldo_{message_id[1:-1].replace('@', '.')}"
+
+    headers = [
+        f"Date: {format_datetime(date)}",
+        f"Message-ID: {message_id}",
+        f"From: {_address_header(envelope.sender)}",
+    ]
+    if envelope.reply_to:
+        headers.append(f"Reply-To: {_address_header(envelope.reply_to)}")
+    headers += [
+        f"To: {_mailbox(envelope.to_name, envelope.to_address)}",
+        f"Subject: {_header_text(rendered.subject)}",
+        f"Content-Language: {rendered.language}",
+        f"X-Heraldo-Notification-Id: {envelope.notification_id}",
+        f"X-Heraldo-Invoice: {_header_text(envelope.invoice_number)}",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/alternative; boundary="{boundary}"',
+    ]
+    part_headers = "Content-Type: text/{kind}; charset=utf-8" + CRLF \
+        + "Content-Transfer-Encoding: quoted-printable" + CRLF + CRLF
+
+    head = (CRLF.join(headers) + CRLF + CRLF).encode("ascii")
+    delimiter = f"--{boundary}{CRLF}".encode("ascii")
+    return b"".join((
+        head,
+        delimiter, part_headers.format(kind="plain").encode("ascii"),
+        _quoted_printable(rendered.text),
+        delimiter, part_headers.format(kind="html").encode("ascii"),
+        _quoted_printable(rendered.html),
+        f"--{boundary}--{CRLF}".encode("ascii"),
+    ))

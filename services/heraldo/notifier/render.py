@@ -1,0 +1,252 @@
+"""Turns a notification into an email's subject, plain-text and HTML parts, per language.
+
+Templates live in ``templates/<set>/<language>/<variant>.{subject.txt,txt,html}``: the set is the
+request's ``template`` (``invoice`` by default), the variant follows the document kind
+(``invoice`` or ``credit_note``), and the language is the primary subtag of the recipient's
+locale. Amounts come from ``google.type.Money`` as a Decimal and are printed with every digit they
+carry; dates come from ``google.type.Date``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import jinja2
+from google.type import date_pb2, money_pb2
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+VARIANTS = ("invoice", "credit_note")
+#: Languages with every variant; anything else falls back to the default locale, then to English.
+FALLBACK_LANGUAGE = "en"
+
+#: A subject is one header line; the no-break space inside amounts must survive, so only these go.
+_LINE_BREAKS = re.compile(r"[ \t\r\n]+")
+
+NANOS_PER_UNIT = 1_000_000_000
+CURRENCY_CODE = re.compile(r"[A-Z]{3}")
+#: ISO 4217 minor units where they differ from 2: an amount shows at least this many decimals.
+MINOR_UNITS = {"JPY": 0, "KRW": 0, "ISK": 0, "CLP": 0, "VND": 0, "BHD": 3, "KWD": 3, "OMR": 3,
+               "JOD": 3, "TND": 3}
+
+
+class InvalidMoney(ValueError):
+    """A ``google.type.Money`` that breaks the type's rules (sign, range, currency code)."""
+
+
+class InvalidDate(ValueError):
+    """A ``google.type.Date`` that is partial or not a day of the calendar."""
+
+
+@dataclass(frozen=True)
+class NumberStyle:
+    """How one language writes an amount, after CLDR's conventions for it."""
+
+    decimal: str
+    group: str
+    #: Spanish leaves 4-digit integers ungrouped (1234,50 but 12.345,67): CLDR's minimum grouping.
+    min_grouping_digits: int
+    #: ``{amount}`` and ``{symbol}``; a currency without a symbol here is shown by its ISO code.
+    pattern: str
+    symbols: dict[str, str]
+    months: tuple[str, ...]
+    date_pattern: str
+
+
+NBSP = "\u00a0"
+STYLES = {
+    "en": NumberStyle(
+        decimal=".", group=",", min_grouping_digits=1, pattern="{symbol}{amount}",
+        symbols={"GBP": "£", "EUR": "€", "USD": "US$", "JPY": "JP¥"},
+        months=("January", "February", "March", "April", "May", "June", "July", "August",
+                "September", "October", "November", "December"),
+        date_pattern="{day} {month} {year}"),
+    "es": NumberStyle(
+        decimal=",", group=".", min_grouping_digits=2, pattern="{amount}" + NBSP + "{symbol}",
+        symbols={"GBP": "GBP", "EUR": "€", "USD": "US$", "JPY": "JPY"},
+        months=("enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto",
+                "septiembre", "octubre", "noviembre", "diciembre"),
+        date_pattern="{day} de {month} de {year}"),
+}
+
+
+def money_to_decimal(money: money_pb2.Money) -> Decimal:
+    """The exact value of ``money``: units plus nanos, never through a float.
+
+    Raises:
+        InvalidMoney: no ISO currency code, nanos out of range, or units and nanos of opposite sign.
+    """
+    if not CURRENCY_CODE.fullmatch(money.currency_code):
+        raise InvalidMoney(f"currency_code must be an ISO 4217 code like 'GBP', "
+                           f"got {money.currency_code!r}")
+    if not -NANOS_PER_UNIT < money.nanos < NANOS_PER_UNIT:
+        raise InvalidMoney(f"nanos must be within ±999,999,999, got {money.nanos}")
+    if (money.units > 0 and money.nanos < 0) or (money.units < 0 and money.nanos > 0):
+        raise InvalidMoney(f"units {money.units} and nanos {money.nanos} have opposite signs")
+    return Decimal(money.units) + Decimal(money.nanos).scaleb(-9)
+
+
+def date_from_proto(date: date_pb2.Date) -> dt.date | None:
+    """The calendar day of ``date``; None when the field was left empty (all zero).
+
+    Raises:
+        InvalidDate: a partial date (year, month or day missing) or a day that does not exist.
+    """
+    if not (date.year or date.month or date.day):
+        return None
+    try:
+        return dt.date(date.year, date.month, date.day)
+    except ValueError as exc:
+        raise InvalidDate(f"{date.year:04d}-{date.month:02d}-{date.day:02d} is not a full, "
+                          f"valid date: {exc}") from exc
+
+
+def _group(digits: str, style: NumberStyle) -> str:
+    if len(digits) < 4 + style.min_grouping_digits - 1:
+        return digits
+    head, tail = digits[:-3], digits[-3:]
+    groups = [tail]
+    while len(head) > 3:
+        head, tail = head[:-3], head[-3:]
+        groups.append(tail)
+    groups.append(head)
+    return style.group.join(reversed(groups))
+
+
+def format_amount(value: Decimal, currency: str, language: str) -> str:
+    """``value`` in ``currency`` as ``language`` writes it, keeping every significant digit.
+
+    An amount shows at least the currency's minor units (1234.5 GBP is ``£1,234.50``) and more
+    when it has them (0.005 GBP stays ``£0.005``): an invoice must never round.
+    """
+    style = STYLES.get(language, STYLES[FALLBACK_LANGUAGE])
+    minor = MINOR_UNITS.get(currency, 2)
+    exponent = min(value.normalize().as_tuple().exponent, -minor) if value else -minor
+    text = f"{abs(value):.{-exponent}f}" if exponent < 0 else f"{abs(value):.0f}"
+    integer, _, fraction = text.partition(".")
+    amount = _group(integer, style) + (style.decimal + fraction if fraction else "")
+    symbol = style.symbols.get(currency, currency)
+    if symbol == currency and style.pattern.startswith("{symbol}"):
+        symbol += NBSP
+    formatted = style.pattern.format(symbol=symbol, amount=amount)
+    return f"-{formatted}" if value < 0 else formatted
+
+
+def format_date(day: dt.date, language: str) -> str:
+    style = STYLES.get(language, STYLES[FALLBACK_LANGUAGE])
+    return style.date_pattern.format(day=day.day, month=style.months[day.month - 1],
+                                     year=day.year)
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    text: str
+    html: str
+    language: str
+
+
+@dataclass(frozen=True)
+class Document:
+    """What a template needs, already checked: built by the servicer from a request."""
+
+    variant: str
+    invoice_number: str
+    customer_name: str
+    amount: Decimal
+    currency: str
+    issue_date: dt.date | None
+    due_date: dt.date | None
+
+
+class UnknownTemplate(LookupError):
+    """The requested template set does not exist."""
+
+
+class Renderer:
+    """Renders documents with the Jinja2 templates of one directory; HTML parts are autoescaped."""
+
+    def __init__(self, *, template_dir: Path = TEMPLATE_DIR, company: str = "",
+                 default_locale: str = "en-GB") -> None:
+        self._dir = template_dir
+        self._company = company
+        self._env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(template_dir)),
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html",),
+                                                default_for_string=False, default=False),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+        )
+        # Templates change only with a release, so the sets and languages are listed once here
+        # rather than probing the file system for every email.
+        self._languages = {
+            path.name: frozenset(p.name for p in path.iterdir() if p.is_dir())
+            for path in template_dir.iterdir() if path.is_dir() and not path.name.startswith("_")
+        }
+        self._default_language = language_of(default_locale)
+
+    @property
+    def template_sets(self) -> frozenset[str]:
+        return frozenset(self._languages)
+
+    def language_for(self, template_set: str, locale: str) -> str:
+        """The language the email will be written in: the recipient's, else the default, else en.
+
+        Raises:
+            UnknownTemplate: no such template set.
+        """
+        languages = self._languages.get(template_set)
+        if languages is None:
+            raise UnknownTemplate(f"unknown template set {template_set!r}; "
+                                  f"known: {', '.join(sorted(self._languages))}")
+        for language in (language_of(locale), self._default_language, FALLBACK_LANGUAGE):
+            if language in languages:
+                return language
+        return min(languages)
+
+    def render(self, template_set: str, locale: str, document: Document) -> RenderedEmail:
+        """Raises UnknownTemplate when ``template_set`` does not exist."""
+        language = self.language_for(template_set, locale)
+        region = locale.partition("-")[2].upper()
+        # A credit note is money owed to the customer: it is shown without a minus sign and the
+        # wording never asks for payment.
+        shown = abs(document.amount) if document.variant == "credit_note" else document.amount
+        context = {
+            "company": self._company,
+            "invoice_number": document.invoice_number,
+            "customer_name": document.customer_name,
+            "amount": format_amount(shown, document.currency, language),
+            "currency": document.currency,
+            "issue_date": _date_text(document.issue_date, language, region),
+            "due_date": _date_text(document.due_date, language, region),
+            "language": language,
+        }
+        base = f"{template_set}/{language}/{document.variant}"
+        subject = self._env.get_template(f"{base}.subject.txt").render(context)
+        return RenderedEmail(
+            subject=_LINE_BREAKS.sub(" ", subject).strip(),
+            text=self._env.get_template(f"{base}.txt").render(context),
+            html=self._env.get_template(f"{base}.html").render(context),
+            language=language,
+        )
+
+
+def _date_text(day: dt.date | None, language: str, region: str) -> str:
+    if day is None:
+        return ""
+    if language == "en" and region == "US":
+        return f"{STYLES['en'].months[day.month - 1]} {day.day}, {day.year}"
+    return format_date(day, language)
+
+
+def language_of(locale: str) -> str:
+    """The primary language subtag of a BCP 47 tag: ``es-MX`` gives ``es``; POSIX ``es_MX`` too."""
+    return locale.replace("_", "-").partition("-")[0].strip().lower()

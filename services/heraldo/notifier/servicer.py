@@ -1,0 +1,358 @@
+"""NotifierService: checks each notification, claims it, renders it, mails it and reports back."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from email.utils import parseaddr
+
+import grpc
+from email_validator import EmailNotValidError, validate_email
+from google.protobuf import timestamp_pb2
+from prometheus_client import Counter, Gauge
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from heraldo.errors import InvalidArgument, Unavailable
+from heraldo.logs import mask_email
+from heraldo.notifier import delivery_log
+from heraldo.notifier.delivery_log import DeliveryLog, Record
+from heraldo.notifier.mailer import Mailer, Outcome
+from heraldo.notifier.message import Envelope, compose, message_id_for
+from heraldo.notifier.render import (
+    Document,
+    InvalidDate,
+    InvalidMoney,
+    Renderer,
+    UnknownTemplate,
+    date_from_proto,
+    money_to_decimal,
+)
+from heraldo.notifier.settings import LOCALE_TAG, TEMPLATE_NAME, NotifierSettings
+from heraldo.v1 import notification_pb2 as pb
+from heraldo.v1 import notification_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+DELIVERIES = Counter("heraldo_notifier_deliveries_total", "Notifications handled, by outcome",
+                     ["status"])
+IN_FLIGHT = Gauge("heraldo_notifier_in_flight", "Notifications being processed now")
+
+#: Matches the Message-ID derivation and the ``deliveries`` key (80 characters).
+NOTIFICATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,80}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_INVOICE_NUMBER_CHARS = 64
+MAX_NAME_CHARS = 200
+
+STATUS_NAMES = {value: name.removeprefix("DELIVERY_STATUS_").lower()
+                for name, value in pb.DeliveryStatus.items()}
+#: Delivery-log status stored for each outcome of an SMTP attempt.
+LOG_STATUS = {
+    pb.DELIVERY_STATUS_SENT: delivery_log.SENT,
+    pb.DELIVERY_STATUS_TEMPORARY_FAILURE: delivery_log.TEMPORARY_FAILURE,
+    pb.DELIVERY_STATUS_PERMANENT_FAILURE: delivery_log.PERMANENT_FAILURE,
+}
+VARIANT_BY_KIND = {
+    pb.DOCUMENT_KIND_UNSPECIFIED: "invoice",
+    pb.DOCUMENT_KIND_INVOICE: "invoice",
+    pb.DOCUMENT_KIND_CREDIT_NOTE: "credit_note",
+}
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A request that passed every check, with its values in the form the next steps need."""
+
+    request: pb.NotificationRequest
+    address: str
+    template_set: str
+    locale: str
+    document: Document
+
+
+class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
+    """Delivers notifications: ``Deliver`` for streams from the batch service, ``Send`` ad hoc.
+
+    Deliveries outlive the stream that asked for them: when a client goes away mid-stream, the
+    emails already handed to SMTP finish and their outcome is recorded, so a replay finds them as
+    sent rather than as a stale claim to send again. ``close`` waits for them.
+    """
+
+    def __init__(self, *, settings: NotifierSettings, engine: AsyncEngine, mailer: Mailer,
+                 replica_id: str, renderer: Renderer | None = None,
+                 stale_after_s: float = delivery_log.DEFAULT_STALE_AFTER_S) -> None:
+        self._settings = settings
+        self._mailer = mailer
+        self._replica_id = replica_id
+        self._log = DeliveryLog(engine, replica_id=replica_id, stale_after_s=stale_after_s)
+        company = parseaddr(settings.sender)[0]
+        self._renderer = renderer or Renderer(company=company,
+                                              default_locale=settings.default_locale)
+        if settings.default_template not in self._renderer.template_sets:
+            raise ValueError(f"default_template {settings.default_template!r} does not exist; "
+                             f"known: {', '.join(sorted(self._renderer.template_sets))}")
+        self._tasks: set[asyncio.Task] = set()
+
+    async def Deliver(self, request_iterator: AsyncIterator[pb.NotificationRequest],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DeliveryResult]:
+        """One result per request, in completion order, with at most ``max_in_flight`` pending.
+
+        A slot is taken before a request is read and given back only once its result is written,
+        so a slow client or a slow SMTP server stops the reading: memory does not grow with the
+        length of the stream, and gRPC flow control pushes back on the sender.
+        """
+        started = time.perf_counter()
+        totals: collections.Counter[str] = collections.Counter()
+        results: asyncio.Queue[pb.DeliveryResult | _ReadEnd] = asyncio.Queue()
+        slots = asyncio.Semaphore(self._settings.max_in_flight)
+        reader = asyncio.create_task(self._read(request_iterator, slots, results))
+
+        read_count = written = 0
+        end: _ReadEnd | None = None
+        try:
+            while end is None or written < read_count:
+                item = await results.get()
+                if isinstance(item, _ReadEnd):
+                    end, read_count = item, item.count
+                    continue
+                totals[STATUS_NAMES[item.status]] += 1
+                yield item
+                written += 1
+                slots.release()
+            if end.error is not None:
+                raise end.error
+        finally:
+            reader.cancel()
+            logger.info(
+                "deliver stream replica=%s requests=%d written=%d %s elapsed_ms=%.1f",
+                self._replica_id, read_count if end else written, written,
+                " ".join(f"{name}={totals[name]}" for name in sorted(totals)) or "empty=1",
+                (time.perf_counter() - started) * 1000)
+
+    async def _read(self, request_iterator: AsyncIterator[pb.NotificationRequest],
+                    slots: asyncio.Semaphore, results: asyncio.Queue) -> None:
+        count = 0
+        error: BaseException | None = None
+        try:
+            async for request in request_iterator:
+                await slots.acquire()
+                count += 1
+                self._spawn(request, results.put_nowait)
+        except Exception as exc:  # noqa: BLE001 - handed to the writer, which raises it
+            error = exc
+        finally:
+            results.put_nowait(_ReadEnd(count, error))
+
+    def _spawn(self, request: pb.NotificationRequest,
+               deliver_result: Callable[[pb.DeliveryResult], None]) -> None:
+        task = asyncio.create_task(self._deliver_one(request))
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task) -> None:
+            self._tasks.discard(finished)
+            if finished.cancelled():
+                deliver_result(self._result(request.notification_id,
+                                            Outcome(pb.DELIVERY_STATUS_TEMPORARY_FAILURE, 0,
+                                                    "cancelled: the notifier is shutting down")))
+            else:
+                deliver_result(finished.result())
+
+        task.add_done_callback(done)
+
+    async def _deliver_one(self, request: pb.NotificationRequest) -> pb.DeliveryResult:
+        """The stream's view of one request: every failure becomes a result, never an error."""
+        try:
+            checked = self._check(request)
+        except InvalidArgument as exc:
+            return self._count(self._result(request.notification_id,
+                                            Outcome(pb.DELIVERY_STATUS_REJECTED, 0, str(exc))))
+        try:
+            return await self._deliver(checked)
+        except Unavailable as exc:
+            logger.warning("notification_id=%s not attempted: %s", request.notification_id, exc)
+            return self._count(self._result(request.notification_id, Outcome(
+                pb.DELIVERY_STATUS_TEMPORARY_FAILURE, 0, "delivery log unavailable")))
+        except Exception:
+            logger.exception("unexpected error delivering notification_id=%s",
+                             request.notification_id)
+            return self._count(self._result(request.notification_id, Outcome(
+                pb.DELIVERY_STATUS_TEMPORARY_FAILURE, 0, "internal error in the notifier")))
+
+    async def Send(self, request: pb.NotificationRequest,
+                   context: grpc.aio.ServicerContext) -> pb.DeliveryResult:
+        """Delivers one notification and waits for its outcome.
+
+        Raises:
+            InvalidArgument: the request is unusable; the message names the field.
+            Unavailable: the delivery log cannot be reached; nothing was sent.
+        """
+        checked = self._check(request)
+        result = await self._deliver(checked)
+        logger.info("send notification_id=%s to=%s status=%s smtp_code=%d replica=%s",
+                    request.notification_id, mask_email(checked.address),
+                    STATUS_NAMES[result.status], result.smtp_code, self._replica_id)
+        return result
+
+    async def _deliver(self, checked: Checked) -> pb.DeliveryResult:
+        """Claim, render, send, record. Raises Unavailable when the claim cannot be made."""
+        request = checked.request
+        notification_id = request.notification_id
+        message_id = message_id_for(notification_id)
+        IN_FLIGHT.inc()
+        try:
+            claim = await self._log.claim(notification_id, message_id)
+            if not claim.claimed:
+                return self._count(self._answer_existing(notification_id, claim.existing))
+
+            envelope = Envelope(
+                notification_id=notification_id, invoice_number=request.invoice_number,
+                to_name=request.recipient.name, to_address=checked.address,
+                sender=self._settings.sender, reply_to=self._settings.reply_to)
+            try:
+                rendered = self._renderer.render(checked.template_set, checked.locale,
+                                                 checked.document)
+                message = compose(envelope, rendered)
+            except Exception:
+                # A template bug, not the request's fault: recorded as temporary, so the
+                # notification goes out once a fixed release renders it.
+                logger.exception("rendering failed notification_id=%s", notification_id)
+                outcome = Outcome(pb.DELIVERY_STATUS_TEMPORARY_FAILURE, 0, "rendering failed")
+            else:
+                outcome = await self._mailer.send(self._settings.sender_address,
+                                                  [checked.address], message)
+            logger.debug("notification_id=%s to=%s attempt=%d status=%s detail=%s",
+                         notification_id, mask_email(checked.address), claim.attempt,
+                         STATUS_NAMES[outcome.status], outcome.detail)
+
+            try:
+                await self._log.record(notification_id, claim.attempt, LOG_STATUS[outcome.status],
+                                       smtp_code=outcome.smtp_code, detail=outcome.detail)
+            except Unavailable as exc:
+                # The email's fate is known and is what the caller needs; the row stays
+                # "sending" and goes stale, the crash window described in delivery_log.
+                logger.error("could not record notification_id=%s status=%s: %s",
+                             notification_id, STATUS_NAMES[outcome.status], exc)
+            return self._count(self._result(notification_id, outcome, message_id=message_id))
+        finally:
+            IN_FLIGHT.dec()
+
+    def _answer_existing(self, notification_id: str, record: Record | None) -> pb.DeliveryResult:
+        if record is None:
+            return self._result(notification_id, Outcome(
+                pb.DELIVERY_STATUS_TEMPORARY_FAILURE, 0, "claimed concurrently; try again"))
+        if record.status == delivery_log.SENT:
+            return self._result(
+                notification_id,
+                Outcome(pb.DELIVERY_STATUS_DUPLICATE, record.smtp_code,
+                        f"already sent by {record.replica_id} (attempt {record.attempts})"),
+                message_id=record.message_id, replica_id=record.replica_id)
+        if record.status == delivery_log.PERMANENT_FAILURE:
+            return self._result(
+                notification_id,
+                Outcome(pb.DELIVERY_STATUS_PERMANENT_FAILURE, record.smtp_code,
+                        f"failed for good earlier: {record.detail}"),
+                message_id=record.message_id, replica_id=record.replica_id)
+        return self._result(notification_id, Outcome(
+            pb.DELIVERY_STATUS_TEMPORARY_FAILURE, 0,
+            f"being delivered by {record.replica_id} (attempt {record.attempts}); try again later"))
+
+    def _result(self, notification_id: str, outcome: Outcome, *, message_id: str = "",
+                replica_id: str = "") -> pb.DeliveryResult:
+        completed_at = timestamp_pb2.Timestamp()
+        completed_at.GetCurrentTime()
+        return pb.DeliveryResult(
+            notification_id=notification_id, status=outcome.status, smtp_code=outcome.smtp_code,
+            detail=outcome.detail, message_id=message_id, replica_id=replica_id or self._replica_id,
+            completed_at=completed_at)
+
+    @staticmethod
+    def _count(result: pb.DeliveryResult) -> pb.DeliveryResult:
+        DELIVERIES.labels(STATUS_NAMES[result.status]).inc()
+        return result
+
+    def _check(self, request: pb.NotificationRequest) -> Checked:
+        """Raises InvalidArgument naming the first field that makes ``request`` unusable."""
+        if not request.notification_id:
+            raise InvalidArgument("notification_id", "is required")
+        if not NOTIFICATION_ID.fullmatch(request.notification_id):
+            raise InvalidArgument("notification_id",
+                                  "must be 1 to 80 characters of A-Z a-z 0-9 . _ : -")
+        if not request.invoice_number:
+            raise InvalidArgument("invoice_number", "is required")
+        if (len(request.invoice_number) > MAX_INVOICE_NUMBER_CHARS
+                or _CONTROL.search(request.invoice_number)):
+            raise InvalidArgument("invoice_number", f"must be at most {MAX_INVOICE_NUMBER_CHARS} "
+                                  "characters without control characters")
+        if request.kind not in VARIANT_BY_KIND:
+            raise InvalidArgument("kind", f"unknown document kind {request.kind}")
+
+        recipient = request.recipient
+        if not request.HasField("recipient") or not recipient.email:
+            raise InvalidArgument("recipient.email", "is required")
+        try:
+            # Without SMTPUTF8 a non-ASCII local part cannot be sent; an internationalised
+            # domain is fine, as its ASCII (IDNA) form.
+            address = validate_email(recipient.email, check_deliverability=False,
+                                     allow_smtputf8=False).ascii_email
+        except EmailNotValidError as exc:
+            raise InvalidArgument("recipient.email", str(exc)) from exc
+        if len(recipient.name) > MAX_NAME_CHARS:
+            raise InvalidArgument("recipient.name", f"must be at most {MAX_NAME_CHARS} characters")
+        locale = recipient.locale or self._settings.default_locale
+        if not LOCALE_TAG.fullmatch(locale.replace("_", "-")):
+            raise InvalidArgument("recipient.locale", f"{locale!r} is not a language tag")
+
+        if not request.HasField("amount"):
+            raise InvalidArgument("amount", "is required")
+        try:
+            amount = money_to_decimal(request.amount)
+        except InvalidMoney as exc:
+            raise InvalidArgument("amount", str(exc)) from exc
+        variant = VARIANT_BY_KIND[request.kind]
+        if variant == "invoice" and amount < 0:
+            raise InvalidArgument("amount", "an invoice cannot ask for a negative amount; "
+                                  "money owed to the customer is a credit note")
+        dates = {}
+        for name in ("issue_date", "due_date"):
+            try:
+                dates[name] = date_from_proto(getattr(request, name))
+            except InvalidDate as exc:
+                raise InvalidArgument(name, str(exc)) from exc
+
+        template_set = request.template or self._settings.default_template
+        try:
+            if not TEMPLATE_NAME.fullmatch(template_set):
+                raise UnknownTemplate(f"{template_set!r} is not a template set name")
+            self._renderer.language_for(template_set, locale)
+        except UnknownTemplate as exc:
+            raise InvalidArgument("template", str(exc)) from exc
+
+        document = Document(
+            variant=variant, invoice_number=request.invoice_number, customer_name=recipient.name,
+            amount=amount, currency=request.amount.currency_code, **dates)
+        return Checked(request=request, address=address, template_set=template_set,
+                       locale=locale, document=document)
+
+    async def close(self, timeout_s: float) -> None:
+        """Waits up to ``timeout_s`` for deliveries still running, then closes the mailer."""
+        pending = set(self._tasks)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=timeout_s)
+            for task in late:
+                task.cancel()
+            if late:
+                logger.warning("cancelled %d deliveries still running at shutdown", len(late))
+                await asyncio.wait(late)
+        await self._mailer.close()
+
+
+@dataclass(frozen=True)
+class _ReadEnd:
+    """The request stream ended after ``count`` requests, cleanly or with ``error``."""
+
+    count: int
+    error: BaseException | None = None

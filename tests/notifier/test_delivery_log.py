@@ -1,0 +1,107 @@
+"""The delivery log's claims on SQLite and PostgreSQL: one sender per id, replays recognised."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import sqlalchemy as sa
+
+from heraldo import db
+from heraldo.notifier.delivery_log import DeliveryLog
+
+
+async def test_a_fresh_id_is_claimed_once_and_then_reported_as_in_progress(delivery_engine):
+    log = DeliveryLog(delivery_engine, replica_id="replica-a")
+
+    first = await log.claim("job-1:1", "<job-1=1@heraldo>")
+    second = await log.claim("job-1:1", "<job-1=1@heraldo>")
+
+    assert (first.claimed, first.attempt) == (True, 1)
+    assert not second.claimed
+    assert second.existing.status == "sending"
+    assert second.existing.replica_id == "replica-a"
+
+
+async def test_a_sent_id_is_reported_with_its_original_message_id_and_replica(delivery_engine):
+    original = DeliveryLog(delivery_engine, replica_id="replica-a")
+    other = DeliveryLog(delivery_engine, replica_id="replica-b")
+    claim = await original.claim("job-1:1", "<job-1=1@heraldo>")
+    await original.record("job-1:1", claim.attempt, "sent", smtp_code=250, detail="250 ok")
+
+    replay = await other.claim("job-1:1", "<job-1=1@heraldo>")
+
+    assert not replay.claimed
+    assert (replay.existing.status, replay.existing.replica_id) == ("sent", "replica-a")
+    assert replay.existing.message_id == "<job-1=1@heraldo>"
+
+
+async def test_a_temporary_failure_may_be_attempted_again(delivery_engine):
+    log = DeliveryLog(delivery_engine, replica_id="replica-a")
+    claim = await log.claim("job-1:1", "<job-1=1@heraldo>")
+    await log.record("job-1:1", claim.attempt, "temporary_failure", smtp_code=451)
+
+    retry = await log.claim("job-1:1", "<job-1=1@heraldo>")
+
+    assert (retry.claimed, retry.attempt) == (True, 2)
+
+
+async def test_a_permanent_failure_is_not_attempted_again(delivery_engine):
+    log = DeliveryLog(delivery_engine, replica_id="replica-a")
+    claim = await log.claim("job-1:1", "<job-1=1@heraldo>")
+    await log.record("job-1:1", claim.attempt, "permanent_failure", smtp_code=550)
+
+    retry = await log.claim("job-1:1", "<job-1=1@heraldo>")
+
+    assert not retry.claimed
+    assert retry.existing.status == "permanent_failure"
+
+
+async def test_a_stale_claim_left_by_a_crash_is_taken_over(delivery_engine):
+    crashed = DeliveryLog(delivery_engine, replica_id="replica-a", stale_after_s=60)
+    await crashed.claim("job-1:1", "<job-1=1@heraldo>")
+    await crashed.claim("job-1:2", "<job-1=2@heraldo>")
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    async with delivery_engine.begin() as conn:
+        await conn.execute(sa.update(db.deliveries)
+                           .where(db.deliveries.c.notification_id == "job-1:1")
+                           .values(update_time=long_ago))
+    other = DeliveryLog(delivery_engine, replica_id="replica-b", stale_after_s=60)
+
+    stale = await other.claim("job-1:1", "<job-1=1@heraldo>")
+    recent = await other.claim("job-1:2", "<job-1=2@heraldo>")
+    lost = await crashed.record("job-1:1", 1, "sent")
+
+    assert (stale.claimed, stale.attempt) == (True, 2)
+    assert not recent.claimed
+    assert lost is False
+
+
+async def test_a_restarted_replica_takes_back_its_own_unfinished_claims(delivery_engine):
+    before_crash = DeliveryLog(delivery_engine, replica_id="replica-a")
+    await before_crash.claim("job-1:1", "<job-1=1@heraldo>")
+    await asyncio.sleep(0.01)
+    after_restart = DeliveryLog(delivery_engine, replica_id="replica-a")
+
+    claim = await after_restart.claim("job-1:1", "<job-1=1@heraldo>")
+
+    assert (claim.claimed, claim.attempt) == (True, 2)
+
+
+async def test_concurrent_claims_of_one_id_have_exactly_one_winner(delivery_engine):
+    logs = [DeliveryLog(delivery_engine, replica_id=f"replica-{n}") for n in range(8)]
+
+    claims = await asyncio.gather(*(log.claim("job-1:1", "<job-1=1@heraldo>") for log in logs))
+
+    assert sum(claim.claimed for claim in claims) == 1
+
+
+async def test_concurrent_take_overs_of_a_temporary_failure_have_exactly_one_winner(
+        delivery_engine):
+    logs = [DeliveryLog(delivery_engine, replica_id=f"replica-{n}") for n in range(8)]
+    first = await logs[0].claim("job-1:1", "<job-1=1@heraldo>")
+    await logs[0].record("job-1:1", first.attempt, "temporary_failure")
+
+    claims = await asyncio.gather(*(log.claim("job-1:1", "<job-1=1@heraldo>") for log in logs))
+
+    assert sum(claim.claimed for claim in claims) == 1
