@@ -182,6 +182,7 @@ class RunningService:
     def __init__(self, *, instance: Instance, servicers: Iterable[Servicer],
                  consul_address: ConsulAddress, check_interval_s: float,
                  deregister_critical_after_s: float, tags: list[str] | None = None,
+                 also_reflect: Iterable[str] = (),
                  max_message_bytes: int = 8 * 1024 * 1024) -> None:
         self.instance = instance
         self.servicers = list(servicers)
@@ -195,6 +196,7 @@ class RunningService:
         self.port = 0
         self.metrics_port = 0
         self._tags = tags or []
+        self._also_reflect = list(also_reflect)
         self._check_interval_s = check_interval_s
         self._deregister_after_s = deregister_critical_after_s
         self.registration: ServiceRegistration | None = None
@@ -206,7 +208,8 @@ class RunningService:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [s.full_name for s in self.servicers]
         reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            [*names, *self._also_reflect,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], self.server)
 
         self.port = self.server.add_insecure_port(

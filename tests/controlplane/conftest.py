@@ -24,6 +24,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
+
 from heraldo.controlplane import EDS_TYPE_URL, AdsServicer, Endpoint, EndpointSnapshots
 from heraldo.mesh.envoy_config import render_bootstrap
 from heraldo.v1 import notification_pb2, notification_pb2_grpc

@@ -19,7 +19,7 @@ from heraldo.runtime import (
     run_main,
     wait_for_shutdown_signal,
 )
-from heraldo.v1 import batch_pb2, batch_pb2_grpc
+from heraldo.v1 import batch_pb2, batch_pb2_grpc, notification_pb2
 
 SERVICE_NAME = "heraldo-batch"
 DEFAULT_PORT = 50051
@@ -50,7 +50,10 @@ async def main() -> None:
         servicers=[Servicer(servicer, batch_pb2_grpc.add_BatchServiceServicer_to_server,
                             batch_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name)],
         check_interval_s=settings.check_interval_s,
-        deregister_critical_after_s=settings.deregister_critical_after_s)
+        deregister_critical_after_s=settings.deregister_critical_after_s,
+        # Envoy's edge sends reflection here; it serves NotifierService.Send too, so grpcurl
+        # users see the whole public API.
+        also_reflect=[notification_pb2.DESCRIPTOR.services_by_name["NotifierService"].full_name])
     await service.start()
     try:
         await wait_for_shutdown_signal()

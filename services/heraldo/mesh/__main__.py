@@ -1,0 +1,180 @@
+"""``python -m heraldo.mesh run|up``: the local mesh, with the demo job (run) or kept running (up).
+
+``run`` starts every component, loads the demo invoices, starts a job over REST through Envoy's
+edge, shows its progress, prints a summary, checks that every sent notification arrived at the sink
+exactly once, stops everything and exits 0 (1 when the job or that check failed, 2 when the mesh
+did not start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from heraldo import db, logs
+from heraldo.errors import HeraldoError
+from heraldo.importer import load_demo
+from heraldo.mesh.supervisor import LocalMesh, MeshPorts
+
+logger = logging.getLogger("heraldo.mesh")
+
+DEMO_INVOICES = 1200
+TERMINAL = ("JOB_STATUS_COMPLETED", "JOB_STATUS_FAILED", "JOB_STATUS_STOPPED")
+POLL_S = 0.5
+
+
+class JobFailed(HeraldoError):
+    pass
+
+
+async def load_demo_data(mesh: LocalMesh, invoices: int) -> None:
+    engine = db.create_engine(db.database_url(mesh.database_url))
+    try:
+        report = await load_demo(engine, invoices=invoices)
+    finally:
+        await engine.dispose()
+    print(f"demo data: {report}")
+
+
+async def start_job_over_rest(session: aiohttp.ClientSession, edge_url: str, job_name: str,
+                              chunk_size: int = 0) -> dict:
+    body = {"jobName": job_name, "parameters": {"chunkSize": chunk_size}}
+    async with session.post(f"{edge_url}/v1/jobs", json=body) as response:
+        payload = await response.json(content_type=None)
+        if response.status != 200:
+            raise JobFailed(f"POST /v1/jobs answered {response.status}: {payload}")
+        return payload
+
+
+async def follow_job(session: aiohttp.ClientSession, edge_url: str, job_id: str,
+                     show=print) -> dict:
+    """Polls GET /v1/jobs/{id} until the job ends, showing a progress line as it goes."""
+    last_progress = None
+    while True:
+        async with session.get(f"{edge_url}/v1/jobs/{job_id}") as response:
+            job = await response.json(content_type=None)
+            if response.status != 200:
+                raise JobFailed(f"GET /v1/jobs/{job_id} answered {response.status}: {job}")
+        progress = (job.get("status"), job.get("counts", {}).get("processed"))
+        if progress != last_progress:
+            show(progress_line(job))
+            last_progress = progress
+        if job.get("status") in TERMINAL:
+            return job
+        await asyncio.sleep(POLL_S)
+
+
+def progress_line(job: dict) -> str:
+    counts = job.get("counts", {})
+    selected = int(counts.get("selected", 0))
+    processed = int(counts.get("processed", 0))
+    percent = 100.0 * processed / selected if selected else 100.0
+    filled = int(percent // 5)
+    return (f"  [{'#' * filled}{'.' * (20 - filled)}] {percent:5.1f}% {processed}/{selected}"
+            f"  sent={counts.get('sent', 0)} skipped={counts.get('skipped', 0)}"
+            f" failed={counts.get('failed', 0)} rate={job.get('ratePerSecond', 0):.0f}/s")
+
+
+async def sink_stats(session: aiohttp.ClientSession, sink_url: str) -> dict:
+    async with session.get(f"{sink_url}/api/stats") as response:
+        return await response.json(content_type=None)
+
+
+def summary(job: dict, stats: dict, elapsed_s: float) -> str:
+    counts = {key: int(value) for key, value in job.get("counts", {}).items()}
+    lines = [
+        f"job {job['jobId']} {job['status'].removeprefix('JOB_STATUS_')} in {elapsed_s:.1f} s",
+        "  selected {selected}  sent {sent}  skipped {skipped}  failed {failed}"
+        "  already sent earlier {duplicate}".format(**{
+            name: counts.get(name, 0)
+            for name in ("selected", "sent", "skipped", "failed", "duplicate")}),
+    ]
+    reasons = job.get("reasons", {})
+    if reasons:
+        lines.append("  not sent, by reason:")
+        lines += [f"    {int(count):6d}  {reason}" for reason, count in sorted(
+            reasons.items(), key=lambda item: -int(item[1]))]
+    replicas = job.get("sentByReplica", {})
+    sent = max(counts.get("sent", 0), 1)
+    if replicas:
+        lines.append("  sent, by notifier replica:")
+        lines += [f"    {int(count):6d}  ({100 * int(count) / sent:4.1f}%)  {replica}"
+                  for replica, count in sorted(replicas.items())]
+    lines.append(f"  SMTP sink: {stats.get('count', 0)} messages, "
+                 f"{stats.get('unique_notification_ids', 0)} distinct notification ids")
+    return "\n".join(lines)
+
+
+async def run_demo(mesh: LocalMesh, invoices: int) -> int:
+    await load_demo_data(mesh, invoices)
+    job_name = "demo-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        job = await start_job_over_rest(session, mesh.edge_url, job_name)
+        print(f"started job {job['jobId']} ({job_name}) with POST {mesh.edge_url}/v1/jobs")
+        job = await follow_job(session, mesh.edge_url, job["jobId"])
+        elapsed_s = time.perf_counter() - started
+        stats = await sink_stats(session, mesh.sink_url)
+    print(summary(job, stats, elapsed_s))
+
+    sent = int(job.get("counts", {}).get("sent", 0))
+    if job["status"] != "JOB_STATUS_COMPLETED":
+        print(f"job did not complete: {job.get('exitMessage', '')}", file=sys.stderr)
+        return 1
+    if stats.get("count") != sent or stats.get("unique_notification_ids") != sent:
+        print(f"the sink holds {stats.get('count')} messages for {sent} sent notifications",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_usage(mesh: LocalMesh) -> None:
+    print(f"""
+Heraldo is running (logs in {mesh.workdir / 'logs'}). Press Ctrl-C to stop.
+  REST (Envoy edge):  curl -s -X POST {mesh.edge_url}/v1/jobs -d '{{"jobName": "demo"}}'
+                      curl -s {mesh.edge_url}/v1/jobs
+  gRPC (reflection):  grpcurl -plaintext 127.0.0.1:{mesh.ports.edge} list
+  Consul:             {mesh.consul_address.url}/ui  ({mesh.consul_description})
+  SMTP sink:          {mesh.sink_url}
+  Envoy admin:        http://127.0.0.1:{mesh.ports.envoy_admin}
+  Database:           {mesh.database_description}
+""")
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m heraldo.mesh", description=__doc__)
+    parser.add_argument("command", choices=("run", "up"))
+    parser.add_argument("--workdir", type=Path, default=Path("var"),
+                        help="where logs, the sink's mail and the Envoy bootstrap go (var/)")
+    parser.add_argument("--notifiers", type=int, default=3, help="notifier replicas (3)")
+    parser.add_argument("--invoices", type=int, default=DEMO_INVOICES,
+                        help=f"demo invoices to load ({DEMO_INVOICES})")
+    args = parser.parse_args(argv)
+    logs.configure("INFO")
+
+    mesh = LocalMesh(workdir=args.workdir, ports=MeshPorts.from_env(), notifiers=args.notifiers)
+    try:
+        async with mesh:
+            if args.command == "run":
+                return await run_demo(mesh, args.invoices)
+            await load_demo_data(mesh, args.invoices)
+            print_usage(mesh)
+            await asyncio.Event().wait()
+    except HeraldoError as exc:
+        print(f"heraldo mesh: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(asyncio.run(main()))
+    except KeyboardInterrupt:
+        sys.exit(0)

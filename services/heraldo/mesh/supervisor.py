@@ -1,0 +1,323 @@
+"""The local mesh: every component as a real process on this machine, started in dependency order.
+
+Consul (a real agent when one is on PATH or ``CONSUL_HTTP_ADDR`` names one, otherwise the
+development stand-in), the database (``DATABASE_URL``, else PostgreSQL on 127.0.0.1:5432, else the
+embedded SQLite file), the SMTP sink, the control plane, Envoy, one batch service and the notifier
+replicas. The supervisor stays alive while they run: Envoy exits when the process that started it
+exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from heraldo import db
+from heraldo.errors import HeraldoError
+from heraldo.mesh.envoy_config import render_bootstrap
+from heraldo.mesh.processes import Child, child_env, python_module
+from heraldo.registry import ConsulAddress, seed_kv
+from heraldo.settings import load_seed
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+DESCRIPTOR_PATH = PROJECT_ROOT / "envoy" / "heraldo.pb"
+#: The server the local mesh looks for when DATABASE_URL is unset; ``HERALDO_LOCAL_POSTGRES``
+#: points elsewhere (an unused port makes the mesh fall back to the embedded database).
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+STARTUP_TIMEOUT_S = 60.0
+
+
+class MeshError(HeraldoError):
+    """A component of the local mesh did not start; the message names it and its log."""
+
+
+@dataclass(frozen=True)
+class MeshPorts:
+    """Ports of the local mesh; each one can be overridden with ``HERALDO_<NAME>_PORT``."""
+
+    consul: int = 8500
+    edge: int = 8080
+    mesh: int = 9090
+    envoy_admin: int = 9901
+    controlplane: int = 18000
+    batch: int = 50051
+    first_notifier: int = 50061
+    smtp: int = 1025
+    sink_web: int = 8025
+
+    @classmethod
+    def from_env(cls) -> MeshPorts:
+        overrides = {}
+        for item in fields(cls):
+            raw = os.environ.get(f"HERALDO_{item.name.upper()}_PORT")
+            if raw:
+                overrides[item.name] = int(raw)
+        return cls(**overrides)
+
+    @classmethod
+    def free(cls, notifiers: int = 3) -> MeshPorts:
+        """Ports the kernel says are free now: for tests that run beside a developer's mesh."""
+        names = [item.name for item in fields(cls) if item.name != "first_notifier"]
+        chosen = {name: _free_port() for name in names}
+        # Notifier replicas take consecutive ports; find a free run of them.
+        while True:
+            start = _free_port()
+            if all(_port_is_free(start + offset) for offset in range(notifiers)):
+                return cls(first_notifier=start, **chosen)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class LocalMesh:
+    """Starts and stops the whole mesh. Use as an async context manager."""
+
+    workdir: Path
+    ports: MeshPorts = field(default_factory=MeshPorts)
+    notifiers: int = 3
+    database_url: str = ""
+    kv_overrides: dict[str, str] = field(default_factory=dict)
+    children: list[Child] = field(default_factory=list)
+    consul_address: ConsulAddress | None = None
+    database_description: str = ""
+    consul_description: str = ""
+
+    @property
+    def edge_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.edge}"
+
+    @property
+    def sink_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.sink_web}"
+
+    def notifier_ids(self) -> list[str]:
+        return [f"notifier-{index + 1}" for index in range(self.notifiers)]
+
+    async def __aenter__(self) -> LocalMesh:
+        try:
+            await self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self.stop()
+
+    async def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        self.database_url = await choose_database(self.database_url) or (
+            f"sqlite+aiosqlite:///{(self.workdir / 'heraldo.db').resolve()}")
+        self.database_description = db.describe(db.database_url(self.database_url))
+        await self._start_consul()
+        await self._seed_settings()
+        env = child_env(CONSUL_HTTP_ADDR=f"{self.consul_address.host}:{self.consul_address.port}",
+                        DATABASE_URL=self.database_url)
+        engine = db.create_engine(db.database_url(self.database_url))
+        try:
+            await db.create_schema(engine)
+        finally:
+            await engine.dispose()
+
+        self._spawn("sink", python_module(
+            "heraldo.sink", "--smtp-port", str(self.ports.smtp),
+            "--http-port", str(self.ports.sink_web), "--dir", str(self.workdir / "sink")), env)
+        self._spawn("controlplane", python_module("heraldo.controlplane"), env,
+                    HERALDO_GRPC_PORT=str(self.ports.controlplane),
+                    HERALDO_INSTANCE_ID="controlplane-1")
+        self._start_envoy(env)
+        self._spawn("batch", python_module("heraldo.batch"), env,
+                    HERALDO_GRPC_PORT=str(self.ports.batch), HERALDO_INSTANCE_ID="batch-1")
+        for index, replica in enumerate(self.notifier_ids()):
+            self._spawn(replica, python_module("heraldo.notifier"), env,
+                        HERALDO_GRPC_PORT=str(self.ports.first_notifier + index),
+                        HERALDO_INSTANCE_ID=replica)
+
+        await self._wait_until_healthy()
+        logger.info("mesh ready in %.1f s (database: %s; consul: %s)",
+                    time.perf_counter() - started, self.database_description,
+                    self.consul_description)
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str], **extra: str) -> Child:
+        child = Child(name, argv, self.workdir / "logs" / f"{name}.log", env=extra)
+        child.start(env)
+        self.children.append(child)
+        return child
+
+    async def _start_consul(self) -> None:
+        if os.environ.get("CONSUL_HTTP_ADDR"):
+            self.consul_address = ConsulAddress.from_env()
+            self.consul_description = f"external agent at {self.consul_address.url}"
+        else:
+            self.consul_address = ConsulAddress("127.0.0.1", self.ports.consul)
+            agent = shutil.which("consul")
+            if agent:
+                self._spawn("consul", [agent, "agent", "-dev", "-client", "127.0.0.1",
+                                       "-bind", "127.0.0.1", "-http-port",
+                                       str(self.ports.consul)], child_env())
+                self.consul_description = f"consul agent -dev at {self.consul_address.url}"
+            else:
+                self._spawn("consul", python_module(
+                    "heraldo.consul_dev", "--http-addr", f"127.0.0.1:{self.ports.consul}",
+                    "--data-dir", str(self.workdir / "consul")), child_env())
+                self.consul_description = (
+                    f"development stand-in at {self.consul_address.url} (no consul on PATH)")
+        await self._poll(self._consul_has_leader, f"Consul at {self.consul_address.url}")
+
+    async def _consul_has_leader(self, session: aiohttp.ClientSession) -> bool:
+        async with session.get(f"{self.consul_address.url}/v1/status/leader") as response:
+            return response.status == 200 and bool((await response.text()).strip('"\n '))
+
+    async def _seed_settings(self) -> None:
+        seed = load_seed()
+        client = self.consul_address.client()
+        try:
+            written = await seed_kv(client, seed)
+            # Settings the mesh itself depends on (ports it chose) are written unconditionally.
+            for key, value in {**self._port_settings(), **self.kv_overrides}.items():
+                await client.kv.put(key, value)
+        finally:
+            await client.http._session.close()
+        logger.info("seeded KV keys=%d", written)
+
+    def _port_settings(self) -> dict[str, str]:
+        return {"config/notifier/smtp_port": str(self.ports.smtp),
+                "config/batch/mesh_address": f"127.0.0.1:{self.ports.mesh}"}
+
+    def _start_envoy(self, env: dict[str, str]) -> None:
+        bootstrap = self.workdir / "envoy.yaml"
+        bootstrap.write_text(render_bootstrap(
+            edge_port=self.ports.edge, mesh_port=self.ports.mesh,
+            admin_port=self.ports.envoy_admin, xds_host="127.0.0.1",
+            xds_port=self.ports.controlplane, batch_address=f"127.0.0.1:{self.ports.batch}",
+            descriptor_path=str(DESCRIPTOR_PATH), node_id="edge-1"))
+        envoy = shutil.which("envoy") or str(Path(os.sys.executable).parent / "envoy")
+        # A base id of its own per mesh lets two meshes (a developer's and a test's) share a host.
+        self._spawn("envoy", [envoy, "-c", str(bootstrap), "--base-id",
+                              str(self.ports.envoy_admin), "--log-level", "warn"], env)
+
+    async def _wait_until_healthy(self) -> None:
+        await self._poll(self._envoy_ready, "Envoy (admin /ready)")
+        await self._poll(self._services_passing, "every service passing its Consul health check")
+        await self._poll(self._envoy_sees_notifiers,
+                         f"Envoy's notifier cluster to hold {self.notifiers} healthy replicas")
+
+    async def _envoy_ready(self, session: aiohttp.ClientSession) -> bool:
+        async with session.get(f"http://127.0.0.1:{self.ports.envoy_admin}/ready") as response:
+            return response.status == 200
+
+    async def _services_passing(self, session: aiohttp.ClientSession) -> bool:
+        expected = {"heraldo-batch": 1, "heraldo-notifier": self.notifiers,
+                    "heraldo-controlplane": 1}
+        for service, count in expected.items():
+            url = f"{self.consul_address.url}/v1/health/service/{service}?passing=1"
+            async with session.get(url) as response:
+                if response.status != 200 or len(await response.json()) < count:
+                    return False
+        return True
+
+    async def _envoy_sees_notifiers(self, session: aiohttp.ClientSession) -> bool:
+        return len(await envoy_healthy_hosts(session, self.ports.envoy_admin, "notifier")) >= \
+            self.notifiers
+
+    async def _poll(self, probe, what: str, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
+            while time.monotonic() < deadline:
+                self._check_children()
+                try:
+                    if await probe(session):
+                        return
+                except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+                    pass
+                await asyncio.sleep(0.2)
+        raise MeshError(f"timed out after {timeout_s:.0f} s waiting for {what}; "
+                        f"logs are in {self.workdir / 'logs'}")
+
+    def _check_children(self) -> None:
+        for child in self.children:
+            if child.process is not None and child.process.poll() is not None:
+                raise MeshError(
+                    f"{child.name} exited with code {child.process.returncode}; "
+                    f"last lines of {child.log_path}:\n{child.log_tail()}")
+
+    def child(self, name: str) -> Child:
+        return next(child for child in self.children if child.name == name)
+
+    def stop(self) -> None:
+        """Stops the services before the infrastructure they deregister from."""
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+
+
+async def envoy_healthy_hosts(session: aiohttp.ClientSession, admin_port: int,
+                              cluster: str) -> set[str]:
+    """Hosts of ``cluster`` that Envoy would route to now, from its admin ``/clusters`` page."""
+    async with session.get(f"http://127.0.0.1:{admin_port}/clusters?format=json") as response:
+        status = await response.json(content_type=None)
+    healthy = set()
+    for entry in status.get("cluster_statuses", []):
+        if entry.get("name") != cluster:
+            continue
+        for host in entry.get("host_statuses", []):
+            health = host.get("health_status", {})
+            failing = ("failed_outlier_check", "failed_active_health_check",
+                       "pending_dynamic_removal")
+            if health.get("eds_health_status", "HEALTHY") == "HEALTHY" and not any(
+                    health.get(flag) for flag in failing):
+                address = host["address"]["socket_address"]
+                healthy.add(f"{address['address']}:{address['port_value']}")
+    return healthy
+
+
+async def choose_database(configured: str = "") -> str:
+    """``DATABASE_URL``, else a local PostgreSQL server (database ``heraldo``), else embedded.
+
+    Returns the URL to give the services; an empty string means the embedded SQLite database.
+    """
+    url = configured or os.environ.get("DATABASE_URL", "")
+    if url:
+        return url
+    server = os.environ.get("HERALDO_LOCAL_POSTGRES", LOCAL_POSTGRES).rstrip("/")
+    try:
+        conn = await asyncpg.connect(f"{server}/postgres", timeout=3)
+    except (OSError, TimeoutError) as exc:
+        logger.info("no PostgreSQL at %s (%s): using the embedded SQLite database", server, exc)
+        return ""
+    except asyncpg.PostgresError as exc:
+        logger.info("PostgreSQL at %s refused us (%s): using the embedded SQLite database",
+                    server, exc)
+        return ""
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'heraldo'")
+        if not exists:
+            await conn.execute("CREATE DATABASE heraldo")
+    finally:
+        await conn.close()
+    return f"{server}/heraldo"
