@@ -24,11 +24,12 @@ import pytest
 import sqlalchemy as sa
 
 from heraldo import db
+from tests.datasets import ONLINE_RETAIL_MONTH
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_ADMIN_DSN = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
-MONTH_CSV = Path("/work/shared/data/online-retail/online_retail_2010-12.csv.gz")
+MONTH_CSV = ONLINE_RETAIL_MONTH
 
 
 @dataclass

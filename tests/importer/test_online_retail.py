@@ -7,7 +7,6 @@ import subprocess
 import sys
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -16,8 +15,9 @@ from email_validator import validate_email
 from heraldo import db
 from heraldo.importer import SourceFileError, import_online_retail
 from heraldo.importer import online_retail as online_retail_module
+from tests.datasets import ONLINE_RETAIL_MONTH
 
-MONTH_CSV = Path("/work/shared/data/online-retail/online_retail_2010-12.csv.gz")
+MONTH_CSV = ONLINE_RETAIL_MONTH
 HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"
 
 
