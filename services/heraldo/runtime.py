@@ -29,11 +29,13 @@ from prometheus_client import Counter, Histogram, start_http_server
 
 from heraldo.errors import HeraldoError, Unavailable
 from heraldo.registry import ConsulAddress, ServiceRegistration, read_kv_tree
-from heraldo.settings import resolve
+from heraldo.settings import load_seed, resolve
 
 logger = logging.getLogger(__name__)
 
 SettingsT = TypeVar("SettingsT")
+#: Consul answers a local KV read in milliseconds; longer means it is not there.
+CONSUL_TIMEOUT_S = 5.0
 
 RPC_TOTAL = Counter("heraldo_rpc_total", "RPCs handled", ["method", "code"])
 RPC_SECONDS = Histogram("heraldo_rpc_seconds", "RPC duration", ["method"])
@@ -244,7 +246,10 @@ class RunningService:
 
 async def load_settings(settings_cls: type[SettingsT], service: str,
                         consul_address: ConsulAddress) -> SettingsT:
-    """Reads the service's settings from Consul KV and the environment.
+    """Reads the service's settings: the KV seed, then Consul KV, then the environment.
+
+    The seed alone is the fallback, so a bad value in KV falls back to its default (and is logged
+    with its key) instead of leaving the field without a value.
 
     Raises:
         Unavailable: Consul cannot be reached (the message says where).
@@ -252,12 +257,16 @@ async def load_settings(settings_cls: type[SettingsT], service: str,
     """
     client = consul_address.client()
     try:
-        kv = await read_kv_tree(client)
-    except (TimeoutError, OSError, aiohttp.ClientError, consul.ConsulException) as exc:
-        raise Unavailable(f"cannot reach Consul at {consul_address.url}: {exc}") from exc
+        async with asyncio.timeout(CONSUL_TIMEOUT_S):
+            kv = await read_kv_tree(client)
+    except (OSError, aiohttp.ClientError, consul.ConsulException, TimeoutError) as exc:
+        raise Unavailable(f"cannot reach Consul at {consul_address.url} (CONSUL_HTTP_ADDR): "
+                          f"{type(exc).__name__}: {exc}") from exc
     finally:
         await client.http._session.close()
-    return resolve(settings_cls, service, kv)
+    seed = load_seed()
+    defaults = resolve(settings_cls, service, seed, env={})
+    return resolve(settings_cls, service, {**seed, **kv}, fallback=defaults)
 
 
 async def wait_for_shutdown_signal() -> None:
