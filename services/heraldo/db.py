@@ -57,7 +57,11 @@ job_instances = sa.Table(
     # The canonical JSON of the identifying parameters: same name and key, same instance.
     sa.Column("parameters_key", sa.Text, nullable=False),
     sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
-    sa.UniqueConstraint("job_name", "parameters_key", name="job_instances_identity"),
+    # 1 for the first instance of a selection; StartJob with new_instance adds the next one, so a
+    # completed selection can be run again on purpose without weakening the refusal by default.
+    sa.Column("run_number", sa.Integer, nullable=False, server_default="1"),
+    sa.UniqueConstraint("job_name", "parameters_key", "run_number",
+                        name="job_instances_identity"),
 )
 
 job_executions = sa.Table(
@@ -76,6 +80,8 @@ job_executions = sa.Table(
     sa.Column("checkpoint", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("stop_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("exit_message", sa.Text, nullable=False, server_default=""),
+    # COMPLETED, STOPPED, FAILED, SKIP_LIMIT_EXCEEDED, ABANDONED: what scripts branch on.
+    sa.Column("exit_code", sa.String(32), nullable=False, server_default="UNKNOWN"),
     sa.Column("owner", sa.String(100)),
     sa.Column("heartbeat_time", sa.DateTime(timezone=True)),
     sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
@@ -95,7 +101,44 @@ job_outcomes = sa.Table(
     sa.Column("reason", sa.String(200), nullable=False, server_default=""),
     sa.Column("replica_id", sa.String(100), nullable=False, server_default=""),
     sa.Column("smtp_code", sa.Integer, nullable=False, server_default="0"),
+    # The step execution (partition) and the batch replica that recorded the outcome.
+    sa.Column("step_id", sa.String(40), nullable=False, server_default=""),
+    sa.Column("batch_replica", sa.String(100), nullable=False, server_default=""),
 )
+
+# One row per partition of a job execution, Spring Batch's step execution: the unit a batch replica
+# claims, with its own lease (owner + heartbeat), checkpoint and counts.
+step_executions = sa.Table(
+    "step_executions", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("execution_id", sa.String(40), sa.ForeignKey("job_executions.id"), nullable=False),
+    sa.Column("instance_id", sa.String(40), nullable=False),
+    sa.Column("step_name", sa.String(100), nullable=False),
+    sa.Column("partition_index", sa.Integer, nullable=False),
+    # The partition holds the selected invoices with after_id < id <= last_id.
+    sa.Column("after_id", sa.BigInteger, nullable=False),
+    sa.Column("last_id", sa.BigInteger, nullable=False),
+    # The last invoice id whose outcome is committed: work resumes after it.
+    sa.Column("checkpoint", sa.BigInteger, nullable=False),
+    # PENDING | STARTED | COMPLETED | STOPPED | FAILED
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("owner", sa.String(100)),
+    sa.Column("heartbeat_time", sa.DateTime(timezone=True)),
+    sa.Column("read_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("write_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("filter_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("skip_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("commit_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("rollback_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("exit_code", sa.String(32), nullable=False, server_default="UNKNOWN"),
+    sa.Column("exit_message", sa.Text, nullable=False, server_default=""),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("start_time", sa.DateTime(timezone=True)),
+    sa.Column("end_time", sa.DateTime(timezone=True)),
+    sa.UniqueConstraint("execution_id", "partition_index", name="step_executions_partition"),
+)
+sa.Index("step_executions_status", step_executions.c.status)
+sa.Index("step_executions_instance", step_executions.c.instance_id)
 
 deliveries = sa.Table(
     "deliveries", metadata,
@@ -155,9 +198,13 @@ def describe(url: str) -> str:
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Creates missing tables. Raises Unavailable, naming the database, when it cannot connect."""
+    """Brings the schema to the newest migration (see ``heraldo.migrations``).
+
+    Raises Unavailable, naming the database, when it cannot connect.
+    """
+    from heraldo.migrations import upgrade
+
     try:
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        await upgrade(engine)
     except (OSError, sa.exc.SQLAlchemyError) as exc:
         raise Unavailable(f"cannot reach the database {describe(str(engine.url))}: {exc}") from exc

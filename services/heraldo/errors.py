@@ -4,6 +4,7 @@
     ├── InvalidArgument      the caller sent something unusable (names the field)
     ├── NotFound             the named resource does not exist
     ├── FailedPrecondition   the request is valid but not in the resource's current state
+    │   └── Conflict         it collides with what exists (a completed or running job instance)
     ├── Unavailable          a dependency (Consul, the database, the mesh) cannot be reached
     └── ConfigError          a setting is missing or has a bad value
 """
@@ -35,6 +36,13 @@ class NotFound(HeraldoError):
 
 class FailedPrecondition(HeraldoError):
     status_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Conflict(FailedPrecondition):
+    """ALREADY_EXISTS rather than FAILED_PRECONDITION: Envoy's transcoder maps it to HTTP 409,
+    which is what REST clients expect for "this job instance already ran"."""
+
+    status_code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class Unavailable(HeraldoError):

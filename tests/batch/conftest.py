@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import Counter
 from decimal import Decimal
@@ -9,7 +10,7 @@ from decimal import Decimal
 import grpc
 import pytest
 
-from heraldo.batch.engine import JobRunner
+from heraldo.batch.engine import PartitionWorker
 from heraldo.batch.repository import JobRepository
 from heraldo.batch.servicer import BatchServicer
 from heraldo.batch.settings import BatchSettings
@@ -30,11 +31,15 @@ class RecordingNotifier(notification_pb2_grpc.NotifierServiceServicer):
         self.received: Counter[str] = Counter()
         #: Invoice numbers whose first delivery answers "451 try later".
         self.fail_once: set[str] = set()
+        #: When set, every answer waits for it: a test holds replicas mid-chunk with it.
+        self.gate: asyncio.Event | None = None
         self.streams = 0
 
     async def Deliver(self, request_iterator, context):
         self.streams += 1
         async for request in request_iterator:
+            if self.gate is not None:
+                await self.gate.wait()
             self.received[request.notification_id] += 1
             status = notification_pb2.DELIVERY_STATUS_SENT
             if request.invoice_number in self.fail_once:
@@ -57,20 +62,28 @@ async def notifier():
     await server.stop(0)
 
 
-def build_servicer(engine, address: str, **overrides) -> tuple[BatchServicer, grpc.aio.Channel]:
+def build_servicer(engine, address: str, *, replica_id: str = "test-batch",
+                   start_worker: bool = True,
+                   **overrides) -> tuple[BatchServicer, grpc.aio.Channel]:
+    """A batch replica's servicer and worker on ``engine``, writing to ``address``."""
     settings = BatchSettings(**{"chunk_size": 7, "retry_backoff_s": 0.01,
-                                "heartbeat_interval_s": 0.2, "templates": "invoice",
-                                "mesh_address": address, **overrides})
+                                "heartbeat_interval_s": 0.2, "stale_after_s": 1.0,
+                                "poll_interval_s": 0.1, "partitions": 1,
+                                "templates": "invoice", "mesh_address": address, **overrides})
     channel = grpc.aio.insecure_channel(address)
     repository = JobRepository(engine)
     writer = MeshWriter(channel=channel, streams_per_chunk=settings.streams_per_chunk,
                         stream_timeout_s=10, max_attempts=settings.max_attempts,
                         retry_backoff_s=settings.retry_backoff_s)
-    runner = JobRunner(repository=repository, writer=writer,
-                       default_chunk_size=settings.chunk_size,
-                       heartbeat_interval_s=settings.heartbeat_interval_s)
-    return BatchServicer(settings=settings, repository=repository, runner=runner,
-                         owner="test-batch"), channel
+    worker = PartitionWorker(
+        repository=repository, writer=writer, replica_id=replica_id,
+        default_chunk_size=settings.chunk_size, heartbeat_interval_s=settings.heartbeat_interval_s,
+        stale_after_s=settings.stale_after_s, poll_interval_s=settings.poll_interval_s,
+        max_partitions=settings.max_partitions)
+    if start_worker:
+        worker.start()
+    return BatchServicer(settings=settings, repository=repository, worker=worker,
+                         owner=replica_id), channel
 
 
 async def insert_invoices(engine, count: int, *, first_issue=dt.date(2011, 1, 1)) -> dict:

@@ -119,7 +119,7 @@ async def test_a_completed_instance_is_refused_the_second_time(engine, batch):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await batch.StartJob(batch_pb2.StartJobRequest(job_name="once"))
 
-    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert "already completed" in caught.value.details()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from heraldo import db, logs
-from heraldo.batch.engine import JobRunner
+from heraldo.batch.engine import PartitionWorker
 from heraldo.batch.repository import JobRepository
 from heraldo.batch.servicer import BatchServicer
 from heraldo.batch.settings import BatchSettings
@@ -39,11 +39,14 @@ async def main() -> None:
     writer = MeshWriter(channel=channel, streams_per_chunk=settings.streams_per_chunk,
                         stream_timeout_s=settings.stream_timeout_s,
                         max_attempts=settings.max_attempts,
-                        retry_backoff_s=settings.retry_backoff_s)
-    runner = JobRunner(repository=repository, writer=writer,
-                       default_chunk_size=settings.chunk_size,
-                       heartbeat_interval_s=settings.heartbeat_interval_s)
-    servicer = BatchServicer(settings=settings, repository=repository, runner=runner,
+                        retry_backoff_s=settings.retry_backoff_s,
+                        retry_backoff_max_s=settings.retry_backoff_max_s)
+    worker = PartitionWorker(
+        repository=repository, writer=writer, replica_id=instance.instance_id,
+        default_chunk_size=settings.chunk_size, heartbeat_interval_s=settings.heartbeat_interval_s,
+        stale_after_s=settings.stale_after_s, poll_interval_s=settings.poll_interval_s,
+        max_partitions=settings.max_partitions)
+    servicer = BatchServicer(settings=settings, repository=repository, worker=worker,
                              owner=instance.instance_id)
     service = RunningService(
         instance=instance, consul_address=consul_address,
@@ -55,6 +58,7 @@ async def main() -> None:
         # users see the whole public API.
         also_reflect=[notification_pb2.DESCRIPTOR.services_by_name["NotifierService"].full_name])
     await service.start()
+    worker.start()
     try:
         await wait_for_shutdown_signal()
     finally:

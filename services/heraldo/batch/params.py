@@ -13,6 +13,7 @@ from heraldo.v1 import batch_pb2, notification_pb2
 
 JOB_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 MAX_CHUNK_SIZE = 10_000
+MAX_PARTITIONS = 256
 #: What selects the invoices; chunk_size only changes how they are sent, so it is left out.
 IDENTIFYING_PARAMS = ("issued_from", "issued_to", "kinds", "countries", "template")
 
@@ -31,6 +32,10 @@ class JobParams:
     countries: tuple[str, ...] = ()
     template: str = ""
     chunk_size: int = 0
+    #: Skips allowed before the job fails; -1 means no limit. Resolved from the configured
+    #: default when the job starts, so every replica and every restart applies the same limit.
+    skip_limit: int = -1
+    partitions: int = 0
 
     def identity_key(self) -> str:
         """Canonical JSON of what identifies the job instance: same selection, same instance."""
@@ -55,7 +60,8 @@ class JobParams:
         return batch_pb2.JobParameters(
             issued_from=date_to_proto(self.issued_from), issued_to=date_to_proto(self.issued_to),
             kinds=[KIND_VALUES[kind] for kind in self.kinds], countries=list(self.countries),
-            template=self.template, chunk_size=self.chunk_size)
+            template=self.template, chunk_size=self.chunk_size,
+            skip_limit=self.skip_limit, partitions=self.partitions)
 
 
 def validate_job_name(name: str) -> str:
@@ -67,7 +73,8 @@ def validate_job_name(name: str) -> str:
     return name
 
 
-def parse_params(message: batch_pb2.JobParameters, *, templates: frozenset[str]) -> JobParams:
+def parse_params(message: batch_pb2.JobParameters, *, templates: frozenset[str],
+                 default_skip_limit: int = -1) -> JobParams:
     """Raises InvalidArgument naming the first bad parameter."""
     try:
         issued_from = date_from_proto(message.issued_from, "parameters.issued_from")
@@ -94,6 +101,16 @@ def parse_params(message: batch_pb2.JobParameters, *, templates: frozenset[str])
     if not 0 <= message.chunk_size <= MAX_CHUNK_SIZE:
         raise InvalidArgument("parameters.chunk_size",
                               f"must be between 1 and {MAX_CHUNK_SIZE}, got {message.chunk_size}")
+    skip_limit = default_skip_limit
+    if message.HasField("skip_limit"):
+        if message.skip_limit < 0:
+            raise InvalidArgument("parameters.skip_limit",
+                                  f"must be 0 or more, got {message.skip_limit}")
+        skip_limit = message.skip_limit
+    if not 0 <= message.partitions <= MAX_PARTITIONS:
+        raise InvalidArgument("parameters.partitions",
+                              f"must be between 1 and {MAX_PARTITIONS}, got {message.partitions}")
     return JobParams(issued_from=issued_from, issued_to=issued_to,
                      kinds=tuple(sorted(set(kinds))) or ("invoice",), countries=countries,
-                     template=message.template, chunk_size=message.chunk_size)
+                     template=message.template, chunk_size=message.chunk_size,
+                     skip_limit=skip_limit, partitions=message.partitions)

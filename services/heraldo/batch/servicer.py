@@ -8,13 +8,14 @@ import datetime as dt
 import logging
 import time
 
-from heraldo.batch.engine import JobRunner
+from heraldo.batch.engine import ITEMS_SELECTED, PartitionWorker
 from heraldo.batch.params import parse_params, validate_job_name
 from heraldo.batch.repository import (
     RUNNING_STATUSES,
     TERMINAL_STATUSES,
     Execution,
     JobRepository,
+    Step,
 )
 from heraldo.batch.settings import BatchSettings
 from heraldo.convert import timestamp, utcnow
@@ -26,12 +27,19 @@ logger = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 WATCH_POLL_S = 0.5
-#: An execution whose heartbeat is this many intervals old belongs to a dead process.
-STALE_HEARTBEATS = 3
+
+
+def partition_to_proto(step: Step) -> batch_pb2.Partition:
+    return batch_pb2.Partition(
+        index=step.partition_index, status=step.status, replica_id=step.owner or "",
+        after_id=step.after_id, last_id=step.last_id, checkpoint=step.checkpoint,
+        read=step.read_count, written=step.write_count, filtered=step.filter_count,
+        skipped=step.skip_count, commits=step.commit_count, rollbacks=step.rollback_count,
+        exit_message=step.exit_message)
 
 
 def job_to_proto(execution: Execution, reasons: dict[str, int],
-                 sent_by_replica: dict[str, int]) -> batch_pb2.Job:
+                 sent_by_replica: dict[str, int], steps: list[Step] = ()) -> batch_pb2.Job:
     end = execution.end_time or utcnow()
     start = execution.start_time or execution.create_time
     elapsed_s = max((_aware(end) - _aware(start)).total_seconds(), 1e-6)
@@ -51,7 +59,9 @@ def job_to_proto(execution: Execution, reasons: dict[str, int],
         reasons=reasons, sent_by_replica=sent_by_replica,
         create_time=timestamp(execution.create_time), start_time=timestamp(execution.start_time),
         end_time=timestamp(execution.end_time), exit_message=execution.exit_message,
-        rate_per_second=rate, seconds_left=seconds_left)
+        rate_per_second=rate, seconds_left=seconds_left,
+        exit_code=execution.exit_code if execution.status in TERMINAL_STATUSES else "",
+        partitions=[partition_to_proto(step) for step in steps])
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
@@ -65,22 +75,25 @@ def _require_job_id(job_id: str) -> str:
 
 
 class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
-    def __init__(self, *, settings: BatchSettings, repository: JobRepository, runner: JobRunner,
-                 owner: str) -> None:
+    """Creates job executions and their partitions; the replicas' workers run the partitions."""
+
+    def __init__(self, *, settings: BatchSettings, repository: JobRepository,
+                 worker: PartitionWorker, owner: str) -> None:
         self.settings = settings
         self.repository = repository
-        self.runner = runner
+        self.worker = worker
         self.owner = owner
-        self._tasks: dict[str, asyncio.Task] = {}
 
     async def StartJob(self, request, context):
         job_name = validate_job_name(request.job_name)
-        params = parse_params(request.parameters, templates=self.settings.template_names)
-        return await self._launch(job_name, params)
+        params = parse_params(request.parameters, templates=self.settings.template_names,
+                              default_skip_limit=self.settings.skip_limit)
+        return await self._launch(job_name, params, new_instance=request.new_instance)
 
     async def RestartJob(self, request, context):
         previous = await self.repository.get(_require_job_id(request.job_id))
-        await self._abandon_if_stale(previous.instance_id)
+        if await self._abandon_if_stale(previous.instance_id):
+            previous = await self.repository.get(previous.id)
         latest = await self.repository.latest_of_instance(previous.instance_id)
         if latest is not None and latest.id != previous.id:
             raise FailedPrecondition(
@@ -88,30 +101,49 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         if previous.status not in ("STOPPED", "FAILED"):
             raise FailedPrecondition(
                 f"job {previous.id} is {previous.status}; only STOPPED or FAILED jobs restart")
-        return await self._launch(previous.job_name, previous.params)
+        return await self._launch(previous.job_name, previous.params,
+                                  instance_id=previous.instance_id)
 
-    async def _launch(self, job_name, params):
+    async def _launch(self, job_name, params, *, new_instance: bool = False,
+                      instance_id: str | None = None):
+        started = time.perf_counter()
         selected = await self.repository.count_selected(params)
-        execution = await self._create(job_name, params, selected)
-        self._tasks[execution.id] = asyncio.create_task(self.runner.run(execution))
-        self._tasks[execution.id].add_done_callback(lambda _: self._tasks.pop(execution.id, None))
-        return job_to_proto(execution, {}, {})
+        if instance_id is not None:
+            execution = await self.repository.create_execution(
+                job_name, params, selected=selected, owner=self.owner,
+                partitions=params.partitions or self.settings.partitions, instance_id=instance_id,
+                stale_after_s=self.settings.stale_after_s)
+        else:
+            execution = await self._create(job_name, params, selected, new_instance)
+        ITEMS_SELECTED.inc(max(execution.selected - execution.processed, 0))
+        steps = await self.repository.steps(execution.id)
+        # This replica's worker claims the first partitions at once; the others find the rest
+        # at their next poll.
+        self.worker.wake()
+        logger.info("job started job_id=%s instance=%s name=%s selected=%d partitions=%d "
+                    "new_instance=%s elapsed_ms=%.0f", execution.id, execution.instance_id,
+                    job_name, selected, len(steps), new_instance,
+                    1000 * (time.perf_counter() - started))
+        return job_to_proto(execution, {}, {}, steps)
 
-    async def _create(self, job_name, params, selected) -> Execution:
+    async def _create(self, job_name, params, selected, new_instance) -> Execution:
+        partitions = params.partitions or self.settings.partitions
         try:
             return await self.repository.create_execution(
-                job_name, params, selected=selected, owner=self.owner)
+                job_name, params, selected=selected, owner=self.owner, partitions=partitions,
+                new_instance=new_instance, stale_after_s=self.settings.stale_after_s)
         except FailedPrecondition:
             # The instance may be held by a dead process; if so it is taken over, once.
             existing = await self.repository.find_instance(job_name, params)
             if existing is None or not await self._abandon_if_stale(existing):
                 raise
             return await self.repository.create_execution(
-                job_name, params, selected=selected, owner=self.owner)
+                job_name, params, selected=selected, owner=self.owner, partitions=partitions,
+                new_instance=new_instance, stale_after_s=self.settings.stale_after_s)
 
     async def _abandon_if_stale(self, instance_id: str) -> bool:
-        stale_after_s = self.settings.heartbeat_interval_s * STALE_HEARTBEATS
-        return await self.repository.abandon_if_stale(instance_id, stale_after_s=stale_after_s)
+        return await self.repository.abandon_if_stale(
+            instance_id, stale_after_s=self.settings.stale_after_s)
 
     async def GetJob(self, request, context):
         return await self._job(_require_job_id(request.job_id))
@@ -119,7 +151,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
     async def _job(self, job_id: str) -> batch_pb2.Job:
         execution = await self.repository.get(job_id)
         reasons, replicas = await self.repository.breakdown(execution.instance_id)
-        return job_to_proto(execution, reasons, replicas)
+        return job_to_proto(execution, reasons, replicas,
+                            await self.repository.steps(execution.id))
 
     async def ListJobs(self, request, context):
         if not 0 <= request.page_size <= MAX_PAGE_SIZE:
@@ -155,18 +188,9 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             await asyncio.sleep(WATCH_POLL_S)
 
     async def shutdown(self, grace_s: float) -> None:
-        """Asks this process's running jobs to stop after their chunk in flight, and waits."""
-        tasks = list(self._tasks.items())
-        for job_id, _ in tasks:
-            try:
-                await self.repository.request_stop(job_id)
-            except FailedPrecondition:
-                pass
-        if tasks:
-            started = time.perf_counter()
-            _, pending = await asyncio.wait([task for _, task in tasks], timeout=grace_s)
-            logger.info("jobs drained finished=%d still_running=%d waited_s=%.1f",
-                        len(tasks) - len(pending), len(pending), time.perf_counter() - started)
+        """Hands this replica's partitions back after their chunk in flight: the jobs go on in
+        the other replicas, or in the next one to start."""
+        await self.worker.close(grace_s)
 
 
 def _decode_page_token(token: str) -> tuple[dt.datetime, str]:

@@ -21,18 +21,38 @@ class BatchSettings:
     mesh_address: str = "127.0.0.1:9090"
     stream_timeout_s: float = 120.0
     #: Attempts per notification for temporary failures (mesh unavailable, SMTP 4xx).
-    max_attempts: int = 3
+    max_attempts: int = 10
     retry_backoff_s: float = 0.5
+    #: Cap of the exponential backoff between attempts.
+    retry_backoff_max_s: float = 8.0
     #: Template sets the notifiers know; a job naming another one is refused.
     templates: str = "invoice"
-    #: How often a running execution proves it is alive.
+    #: How often a replica renews the leases of the partitions it runs.
     heartbeat_interval_s: float = 5.0
+    #: A lease not renewed for this long belongs to a dead replica, and is taken over. It must
+    #: exceed the longest chunk a replica may be blocked on, or live partitions get taken over
+    #: (harmless for mail, which is deduplicated, but wasted work).
+    stale_after_s: float = 30.0
+    #: Partitions a job is split into when it does not say; each is claimed by one replica.
+    partitions: int = 4
+    #: Partitions one replica runs at the same time.
+    max_partitions: int = 2
+    #: How often an idle replica looks for partitions to claim.
+    poll_interval_s: float = 1.0
+    #: Skips allowed per job when it does not say; -1 means no limit.
+    skip_limit: int = -1
 
     def __post_init__(self) -> None:
         for name in ("check_interval_s", "deregister_critical_after_s", "chunk_size",
                      "streams_per_chunk", "stream_timeout_s", "max_attempts",
-                     "heartbeat_interval_s"):
+                     "heartbeat_interval_s", "stale_after_s", "partitions", "max_partitions",
+                     "poll_interval_s"):
             positive(name, getattr(self, name))
+        if self.stale_after_s <= self.heartbeat_interval_s:
+            raise ValueError("stale_after_s must exceed heartbeat_interval_s, or every lease "
+                             "looks dead between two heartbeats")
+        if self.skip_limit < -1:
+            raise ValueError("skip_limit must be -1 (no limit) or more")
         if self.retry_backoff_s < 0:
             raise ValueError("retry_backoff_s must not be negative")
         if ":" not in self.mesh_address:

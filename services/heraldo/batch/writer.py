@@ -25,17 +25,22 @@ class MeshWriter:
 
     Envoy balances streams, not messages: one stream sticks to the replica it was given, so a chunk
     sent as one long stream would all land on one notifier. Notifications with no result (a stream
-    broke) or a temporary failure are sent again, with backoff, up to ``max_attempts``; the
-    notifiers deduplicate by notification id, so a resend never mails twice.
+    broke) or a temporary failure are sent again, with exponential backoff capped at
+    ``retry_backoff_max_s``, up to ``max_attempts``; the notifiers deduplicate by notification id,
+    so a resend never mails twice. The budget must outlast a notifier's stale-claim time: a
+    replica killed mid-send leaves its claims "being delivered" until they go stale, and only
+    then can another replica take them over.
     """
 
     def __init__(self, *, channel: grpc.aio.Channel, streams_per_chunk: int,
-                 stream_timeout_s: float, max_attempts: int, retry_backoff_s: float) -> None:
+                 stream_timeout_s: float, max_attempts: int, retry_backoff_s: float,
+                 retry_backoff_max_s: float = 8.0) -> None:
         self.stub = notification_pb2_grpc.NotifierServiceStub(channel)
         self.streams_per_chunk = streams_per_chunk
         self.stream_timeout_s = stream_timeout_s
         self.max_attempts = max_attempts
         self.retry_backoff_s = retry_backoff_s
+        self.retry_backoff_max_s = retry_backoff_max_s
 
     async def deliver(self, requests: Sequence[notification_pb2.NotificationRequest]
                       ) -> dict[str, notification_pb2.DeliveryResult]:
@@ -58,7 +63,7 @@ class MeshWriter:
                 return results
             if attempt == self.max_attempts:
                 break
-            delay_s = self.retry_backoff_s * 2 ** (attempt - 1)
+            delay_s = min(self.retry_backoff_s * 2 ** (attempt - 1), self.retry_backoff_max_s)
             logger.warning("retrying pending=%d attempt=%d delay_s=%.1f last_error=%s",
                            len(pending), attempt, delay_s, last_error or "temporary failure")
             await asyncio.sleep(delay_s)

@@ -29,7 +29,7 @@ from google.type import date_pb2 as google_dot_type_dot_date__pb2
 from heraldo.v1 import notification_pb2 as heraldo_dot_v1_dot_notification__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16heraldo/v1/batch.proto\x12\nheraldo.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a\x1dheraldo/v1/notification.proto\"\xbf\x01\n\rJobParameters\x12&\n\x0bissued_from\x18\x01 \x01(\x0b\x32\x11.google.type.Date\x12$\n\tissued_to\x18\x02 \x01(\x0b\x32\x11.google.type.Date\x12\'\n\x05kinds\x18\x03 \x03(\x0e\x32\x18.heraldo.v1.DocumentKind\x12\x11\n\tcountries\x18\x04 \x03(\t\x12\x10\n\x08template\x18\x05 \x01(\t\x12\x12\n\nchunk_size\x18\x06 \x01(\x05\"X\n\x0fStartJobRequest\x12\x16\n\x08job_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\nparameters\x18\x02 \x01(\x0b\x32\x19.heraldo.v1.JobParameters\"%\n\rGetJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.heraldo.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x0eStopJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\")\n\x11RestartJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\'\n\x0fWatchJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"r\n\tJobCounts\x12\x10\n\x08selected\x18\x01 \x01(\x03\x12\x11\n\tprocessed\x18\x02 \x01(\x03\x12\x0c\n\x04sent\x18\x03 \x01(\x03\x12\x0f\n\x07skipped\x18\x04 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x03\x12\x11\n\tduplicate\x18\x06 \x01(\x03\"\xca\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.heraldo.v1.JobStatus\x12-\n\nparameters\x18\x04 \x01(\x0b\x32\x19.heraldo.v1.JobParameters\x12%\n\x06\x63ounts\x18\x05 \x01(\x0b\x32\x15.heraldo.v1.JobCounts\x12-\n\x07reasons\x18\x06 \x03(\x0b\x32\x1c.heraldo.v1.Job.ReasonsEntry\x12;\n\x0fsent_by_replica\x18\x07 \x03(\x0b\x32\".heraldo.v1.Job.SentByReplicaEntry\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x65xit_message\x18\x0b \x01(\t\x12\x17\n\x0frate_per_second\x18\x0c \x01(\x01\x12\x14\n\x0cseconds_left\x18\r \x01(\x01\x1a.\n\x0cReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x34\n\x12SentByReplicaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"(\n\x08JobEvent\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.heraldo.v1.Job*\xba\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATUS_STARTING\x10\x01\x12\x16\n\x12JOB_STATUS_STARTED\x10\x02\x12\x17\n\x13JOB_STATUS_STOPPING\x10\x03\x12\x16\n\x12JOB_STATUS_STOPPED\x10\x04\x12\x18\n\x14JOB_STATUS_COMPLETED\x10\x05\x12\x15\n\x11JOB_STATUS_FAILED\x10\x06\x32\xa8\x04\n\x0c\x42\x61tchService\x12M\n\x08StartJob\x12\x1b.heraldo.v1.StartJobRequest\x1a\x0f.heraldo.v1.Job\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/jobs:\x01*\x12O\n\x06GetJob\x12\x19.heraldo.v1.GetJobRequest\x1a\x0f.heraldo.v1.Job\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/jobs/{job_id}\x12W\n\x08ListJobs\x12\x1b.heraldo.v1.ListJobsRequest\x1a\x1c.heraldo.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12Y\n\x07StopJob\x12\x1a.heraldo.v1.StopJobRequest\x1a\x0f.heraldo.v1.Job\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/jobs/{job_id}:stop:\x01*\x12\x62\n\nRestartJob\x12\x1d.heraldo.v1.RestartJobRequest\x1a\x0f.heraldo.v1.Job\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/jobs/{job_id}:restart:\x01*\x12`\n\x08WatchJob\x12\x1b.heraldo.v1.WatchJobRequest\x1a\x14.heraldo.v1.JobEvent\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/jobs/{job_id}:watch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16heraldo/v1/batch.proto\x12\nheraldo.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a\x1dheraldo/v1/notification.proto\"\xfb\x01\n\rJobParameters\x12&\n\x0bissued_from\x18\x01 \x01(\x0b\x32\x11.google.type.Date\x12$\n\tissued_to\x18\x02 \x01(\x0b\x32\x11.google.type.Date\x12\'\n\x05kinds\x18\x03 \x03(\x0e\x32\x18.heraldo.v1.DocumentKind\x12\x11\n\tcountries\x18\x04 \x03(\t\x12\x10\n\x08template\x18\x05 \x01(\t\x12\x12\n\nchunk_size\x18\x06 \x01(\x05\x12\x17\n\nskip_limit\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\npartitions\x18\x08 \x01(\x05\x42\r\n\x0b_skip_limit\"n\n\x0fStartJobRequest\x12\x16\n\x08job_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\nparameters\x18\x02 \x01(\x0b\x32\x19.heraldo.v1.JobParameters\x12\x14\n\x0cnew_instance\x18\x03 \x01(\x08\"%\n\rGetJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.heraldo.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x0eStopJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\")\n\x11RestartJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\'\n\x0fWatchJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"r\n\tJobCounts\x12\x10\n\x08selected\x18\x01 \x01(\x03\x12\x11\n\tprocessed\x18\x02 \x01(\x03\x12\x0c\n\x04sent\x18\x03 \x01(\x03\x12\x0f\n\x07skipped\x18\x04 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x03\x12\x11\n\tduplicate\x18\x06 \x01(\x03\"\x88\x05\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.heraldo.v1.JobStatus\x12-\n\nparameters\x18\x04 \x01(\x0b\x32\x19.heraldo.v1.JobParameters\x12%\n\x06\x63ounts\x18\x05 \x01(\x0b\x32\x15.heraldo.v1.JobCounts\x12-\n\x07reasons\x18\x06 \x03(\x0b\x32\x1c.heraldo.v1.Job.ReasonsEntry\x12;\n\x0fsent_by_replica\x18\x07 \x03(\x0b\x32\".heraldo.v1.Job.SentByReplicaEntry\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x65xit_message\x18\x0b \x01(\t\x12\x17\n\x0frate_per_second\x18\x0c \x01(\x01\x12\x14\n\x0cseconds_left\x18\r \x01(\x01\x12\x11\n\texit_code\x18\x0e \x01(\t\x12)\n\npartitions\x18\x0f \x03(\x0b\x32\x15.heraldo.v1.Partition\x1a.\n\x0cReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x34\n\x12SentByReplicaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xf1\x01\n\tPartition\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x12\n\nreplica_id\x18\x03 \x01(\t\x12\x10\n\x08\x61\x66ter_id\x18\x04 \x01(\x03\x12\x0f\n\x07last_id\x18\x05 \x01(\x03\x12\x12\n\ncheckpoint\x18\x06 \x01(\x03\x12\x0c\n\x04read\x18\x07 \x01(\x03\x12\x0f\n\x07written\x18\x08 \x01(\x03\x12\x10\n\x08\x66iltered\x18\t \x01(\x03\x12\x0f\n\x07skipped\x18\n \x01(\x03\x12\x0f\n\x07\x63ommits\x18\x0b \x01(\x03\x12\x11\n\trollbacks\x18\x0c \x01(\x03\x12\x14\n\x0c\x65xit_message\x18\r \x01(\t\"(\n\x08JobEvent\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.heraldo.v1.Job*\xba\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATUS_STARTING\x10\x01\x12\x16\n\x12JOB_STATUS_STARTED\x10\x02\x12\x17\n\x13JOB_STATUS_STOPPING\x10\x03\x12\x16\n\x12JOB_STATUS_STOPPED\x10\x04\x12\x18\n\x14JOB_STATUS_COMPLETED\x10\x05\x12\x15\n\x11JOB_STATUS_FAILED\x10\x06\x32\xa8\x04\n\x0c\x42\x61tchService\x12M\n\x08StartJob\x12\x1b.heraldo.v1.StartJobRequest\x1a\x0f.heraldo.v1.Job\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/jobs:\x01*\x12O\n\x06GetJob\x12\x19.heraldo.v1.GetJobRequest\x1a\x0f.heraldo.v1.Job\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/jobs/{job_id}\x12W\n\x08ListJobs\x12\x1b.heraldo.v1.ListJobsRequest\x1a\x1c.heraldo.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12Y\n\x07StopJob\x12\x1a.heraldo.v1.StopJobRequest\x1a\x0f.heraldo.v1.Job\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/jobs/{job_id}:stop:\x01*\x12\x62\n\nRestartJob\x12\x1d.heraldo.v1.RestartJobRequest\x1a\x0f.heraldo.v1.Job\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/jobs/{job_id}:restart:\x01*\x12`\n\x08WatchJob\x12\x1b.heraldo.v1.WatchJobRequest\x1a\x14.heraldo.v1.JobEvent\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/jobs/{job_id}:watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -62,34 +62,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHSERVICE'].methods_by_name['RestartJob']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/jobs/{job_id}:restart:\001*'
   _globals['_BATCHSERVICE'].methods_by_name['WatchJob']._loaded_options = None
   _globals['_BATCHSERVICE'].methods_by_name['WatchJob']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/jobs/{job_id}:watch'
-  _globals['_JOBSTATUS']._serialized_start=1518
-  _globals['_JOBSTATUS']._serialized_end=1704
+  _globals['_JOBSTATUS']._serialized_start=1906
+  _globals['_JOBSTATUS']._serialized_end=2092
   _globals['_JOBPARAMETERS']._serialized_start=190
-  _globals['_JOBPARAMETERS']._serialized_end=381
-  _globals['_STARTJOBREQUEST']._serialized_start=383
-  _globals['_STARTJOBREQUEST']._serialized_end=471
-  _globals['_GETJOBREQUEST']._serialized_start=473
-  _globals['_GETJOBREQUEST']._serialized_end=510
-  _globals['_LISTJOBSREQUEST']._serialized_start=512
-  _globals['_LISTJOBSREQUEST']._serialized_end=568
-  _globals['_LISTJOBSRESPONSE']._serialized_start=570
-  _globals['_LISTJOBSRESPONSE']._serialized_end=644
-  _globals['_STOPJOBREQUEST']._serialized_start=646
-  _globals['_STOPJOBREQUEST']._serialized_end=684
-  _globals['_RESTARTJOBREQUEST']._serialized_start=686
-  _globals['_RESTARTJOBREQUEST']._serialized_end=727
-  _globals['_WATCHJOBREQUEST']._serialized_start=729
-  _globals['_WATCHJOBREQUEST']._serialized_end=768
-  _globals['_JOBCOUNTS']._serialized_start=770
-  _globals['_JOBCOUNTS']._serialized_end=884
-  _globals['_JOB']._serialized_start=887
-  _globals['_JOB']._serialized_end=1473
-  _globals['_JOB_REASONSENTRY']._serialized_start=1373
-  _globals['_JOB_REASONSENTRY']._serialized_end=1419
-  _globals['_JOB_SENTBYREPLICAENTRY']._serialized_start=1421
-  _globals['_JOB_SENTBYREPLICAENTRY']._serialized_end=1473
-  _globals['_JOBEVENT']._serialized_start=1475
-  _globals['_JOBEVENT']._serialized_end=1515
-  _globals['_BATCHSERVICE']._serialized_start=1707
-  _globals['_BATCHSERVICE']._serialized_end=2259
+  _globals['_JOBPARAMETERS']._serialized_end=441
+  _globals['_STARTJOBREQUEST']._serialized_start=443
+  _globals['_STARTJOBREQUEST']._serialized_end=553
+  _globals['_GETJOBREQUEST']._serialized_start=555
+  _globals['_GETJOBREQUEST']._serialized_end=592
+  _globals['_LISTJOBSREQUEST']._serialized_start=594
+  _globals['_LISTJOBSREQUEST']._serialized_end=650
+  _globals['_LISTJOBSRESPONSE']._serialized_start=652
+  _globals['_LISTJOBSRESPONSE']._serialized_end=726
+  _globals['_STOPJOBREQUEST']._serialized_start=728
+  _globals['_STOPJOBREQUEST']._serialized_end=766
+  _globals['_RESTARTJOBREQUEST']._serialized_start=768
+  _globals['_RESTARTJOBREQUEST']._serialized_end=809
+  _globals['_WATCHJOBREQUEST']._serialized_start=811
+  _globals['_WATCHJOBREQUEST']._serialized_end=850
+  _globals['_JOBCOUNTS']._serialized_start=852
+  _globals['_JOBCOUNTS']._serialized_end=966
+  _globals['_JOB']._serialized_start=969
+  _globals['_JOB']._serialized_end=1617
+  _globals['_JOB_REASONSENTRY']._serialized_start=1517
+  _globals['_JOB_REASONSENTRY']._serialized_end=1563
+  _globals['_JOB_SENTBYREPLICAENTRY']._serialized_start=1565
+  _globals['_JOB_SENTBYREPLICAENTRY']._serialized_end=1617
+  _globals['_PARTITION']._serialized_start=1620
+  _globals['_PARTITION']._serialized_end=1861
+  _globals['_JOBEVENT']._serialized_start=1863
+  _globals['_JOBEVENT']._serialized_end=1903
+  _globals['_BATCHSERVICE']._serialized_start=2095
+  _globals['_BATCHSERVICE']._serialized_end=2647
 # @@protoc_insertion_point(module_scope)

@@ -32,28 +32,34 @@ JOB_STATUS_COMPLETED: JobStatus
 JOB_STATUS_FAILED: JobStatus
 
 class JobParameters(_message.Message):
-    __slots__ = ("issued_from", "issued_to", "kinds", "countries", "template", "chunk_size")
+    __slots__ = ("issued_from", "issued_to", "kinds", "countries", "template", "chunk_size", "skip_limit", "partitions")
     ISSUED_FROM_FIELD_NUMBER: _ClassVar[int]
     ISSUED_TO_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
     COUNTRIES_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SKIP_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     issued_from: _date_pb2.Date
     issued_to: _date_pb2.Date
     kinds: _containers.RepeatedScalarFieldContainer[_notification_pb2.DocumentKind]
     countries: _containers.RepeatedScalarFieldContainer[str]
     template: str
     chunk_size: int
-    def __init__(self, issued_from: _Optional[_Union[_date_pb2.Date, _Mapping]] = ..., issued_to: _Optional[_Union[_date_pb2.Date, _Mapping]] = ..., kinds: _Optional[_Iterable[_Union[_notification_pb2.DocumentKind, str]]] = ..., countries: _Optional[_Iterable[str]] = ..., template: _Optional[str] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+    skip_limit: int
+    partitions: int
+    def __init__(self, issued_from: _Optional[_Union[_date_pb2.Date, _Mapping]] = ..., issued_to: _Optional[_Union[_date_pb2.Date, _Mapping]] = ..., kinds: _Optional[_Iterable[_Union[_notification_pb2.DocumentKind, str]]] = ..., countries: _Optional[_Iterable[str]] = ..., template: _Optional[str] = ..., chunk_size: _Optional[int] = ..., skip_limit: _Optional[int] = ..., partitions: _Optional[int] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
-    __slots__ = ("job_name", "parameters")
+    __slots__ = ("job_name", "parameters", "new_instance")
     JOB_NAME_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    NEW_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     job_name: str
     parameters: JobParameters
-    def __init__(self, job_name: _Optional[str] = ..., parameters: _Optional[_Union[JobParameters, _Mapping]] = ...) -> None: ...
+    new_instance: bool
+    def __init__(self, job_name: _Optional[str] = ..., parameters: _Optional[_Union[JobParameters, _Mapping]] = ..., new_instance: _Optional[bool] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -112,7 +118,7 @@ class JobCounts(_message.Message):
     def __init__(self, selected: _Optional[int] = ..., processed: _Optional[int] = ..., sent: _Optional[int] = ..., skipped: _Optional[int] = ..., failed: _Optional[int] = ..., duplicate: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "job_name", "status", "parameters", "counts", "reasons", "sent_by_replica", "create_time", "start_time", "end_time", "exit_message", "rate_per_second", "seconds_left")
+    __slots__ = ("job_id", "job_name", "status", "parameters", "counts", "reasons", "sent_by_replica", "create_time", "start_time", "end_time", "exit_message", "rate_per_second", "seconds_left", "exit_code", "partitions")
     class ReasonsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +146,8 @@ class Job(_message.Message):
     EXIT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     RATE_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     SECONDS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     job_name: str
     status: JobStatus
@@ -153,7 +161,39 @@ class Job(_message.Message):
     exit_message: str
     rate_per_second: float
     seconds_left: float
-    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., parameters: _Optional[_Union[JobParameters, _Mapping]] = ..., counts: _Optional[_Union[JobCounts, _Mapping]] = ..., reasons: _Optional[_Mapping[str, int]] = ..., sent_by_replica: _Optional[_Mapping[str, int]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_message: _Optional[str] = ..., rate_per_second: _Optional[float] = ..., seconds_left: _Optional[float] = ...) -> None: ...
+    exit_code: str
+    partitions: _containers.RepeatedCompositeFieldContainer[Partition]
+    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., parameters: _Optional[_Union[JobParameters, _Mapping]] = ..., counts: _Optional[_Union[JobCounts, _Mapping]] = ..., reasons: _Optional[_Mapping[str, int]] = ..., sent_by_replica: _Optional[_Mapping[str, int]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_message: _Optional[str] = ..., rate_per_second: _Optional[float] = ..., seconds_left: _Optional[float] = ..., exit_code: _Optional[str] = ..., partitions: _Optional[_Iterable[_Union[Partition, _Mapping]]] = ...) -> None: ...
+
+class Partition(_message.Message):
+    __slots__ = ("index", "status", "replica_id", "after_id", "last_id", "checkpoint", "read", "written", "filtered", "skipped", "commits", "rollbacks", "exit_message")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    READ_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    FILTERED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    COMMITS_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
+    EXIT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    status: str
+    replica_id: str
+    after_id: int
+    last_id: int
+    checkpoint: int
+    read: int
+    written: int
+    filtered: int
+    skipped: int
+    commits: int
+    rollbacks: int
+    exit_message: str
+    def __init__(self, index: _Optional[int] = ..., status: _Optional[str] = ..., replica_id: _Optional[str] = ..., after_id: _Optional[int] = ..., last_id: _Optional[int] = ..., checkpoint: _Optional[int] = ..., read: _Optional[int] = ..., written: _Optional[int] = ..., filtered: _Optional[int] = ..., skipped: _Optional[int] = ..., commits: _Optional[int] = ..., rollbacks: _Optional[int] = ..., exit_message: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job",)

@@ -1,0 +1,75 @@
+"""Schema migrations on real PostgreSQL and on the embedded SQLite file: a fresh database, one
+made by ``create_all`` before migrations existed, and the baseline upgraded with data in it."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from heraldo import db
+from heraldo.migrations import current_revision, head_revision, upgrade
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def blank_engine(request, make_database, tmp_path):
+    if request.param == "postgresql":
+        url = db.database_url(await make_database())
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'heraldo.db'}"
+    engine = db.create_engine(url)
+    yield engine
+    await engine.dispose()
+
+
+async def differences(engine) -> list:
+    async with engine.connect() as conn:
+        return await conn.run_sync(
+            lambda sync: compare_metadata(MigrationContext.configure(sync), db.metadata))
+
+
+async def revision(engine) -> str | None:
+    async with engine.connect() as conn:
+        return await conn.run_sync(current_revision)
+
+
+async def test_a_fresh_database_is_migrated_to_exactly_the_models(blank_engine):
+    await db.create_schema(blank_engine)
+    await db.create_schema(blank_engine)  # a second service starting finds nothing to do
+
+    assert await revision(blank_engine) == head_revision()
+    assert await differences(blank_engine) == []
+
+
+async def test_a_database_made_before_migrations_is_stamped_and_upgraded(blank_engine):
+    # Given the tables as create_all made them before migrations existed (the baseline)
+    await upgrade(blank_engine, "0001")
+    async with blank_engine.begin() as conn:
+        await conn.execute(sa.text("DROP TABLE alembic_version"))
+        await conn.execute(sa.text(
+            "INSERT INTO job_instances (id, job_name, parameters_key, create_time) "
+            "VALUES ('ji-old', 'old', '{}', :now)"), {"now": dt.datetime.now(dt.UTC)})
+
+    # When a service starts with the new code
+    await db.create_schema(blank_engine)
+
+    # Then the schema matches the models and the old rows are still there
+    assert await revision(blank_engine) == head_revision()
+    assert await differences(blank_engine) == []
+    async with blank_engine.connect() as conn:
+        row = (await conn.execute(sa.select(db.job_instances.c.job_name,
+                                            db.job_instances.c.run_number))).one()
+    assert tuple(row) == ("old", 1)
+
+
+async def test_tables_made_by_create_all_from_the_current_models_are_stamped_at_head(
+        blank_engine):
+    async with blank_engine.begin() as conn:
+        await conn.run_sync(db.metadata.create_all)
+
+    await db.create_schema(blank_engine)
+
+    assert await revision(blank_engine) == head_revision()
