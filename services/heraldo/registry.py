@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Mapping
@@ -109,3 +110,82 @@ class ServiceRegistration:
             logger.warning("could not deregister id=%s: %s", self.instance_id, exc)
             return
         logger.info("deregistered service=%s id=%s", self.name, self.instance_id)
+
+
+#: Pause after a failed blocking query, doubled per failure up to the maximum.
+WATCH_RETRY_S = 0.5
+WATCH_MAX_RETRY_S = 10.0
+#: Extra time a blocking query gets beyond its ``wait`` before the client gives up on it.
+WATCH_TIMEOUT_MARGIN_S = 5.0
+#: Consul may answer a blocking query early without a change; never ask faster than this.
+WATCH_MIN_INTERVAL_S = 0.1
+
+
+async def _follow(read, on_change, *, what: str, wait_s: float) -> None:
+    """Calls ``on_change(value)`` with the first answer and each changed one, until cancelled.
+
+    ``read(index, wait)`` is one Consul blocking query returning ``(index, value)``. Failures are
+    logged and retried with a growing pause, starting over with a non-blocking read, because
+    Consul may come back restarted with a lower index.
+    """
+    index = 0
+    last = None
+    first = True
+    failures = 0
+    loop = asyncio.get_running_loop()
+    while True:
+        started_s = loop.time()
+        try:
+            # asyncio.timeout rather than wait_for, which on Python 3.11 can drop a cancellation.
+            async with asyncio.timeout(wait_s * (1 + 1 / 16) + WATCH_TIMEOUT_MARGIN_S):
+                new_index, value = await read(index or None, f"{wait_s:g}s")
+        except (TimeoutError, aiohttp.ClientError, OSError, consul.ConsulException) as exc:
+            failures += 1
+            pause_s = min(WATCH_RETRY_S * 2 ** (failures - 1), WATCH_MAX_RETRY_S)
+            logger.warning("consul watch failed what=%s attempt=%d retry_in_s=%.1f error=%r",
+                           what, failures, pause_s, exc)
+            index = 0
+            await asyncio.sleep(pause_s)
+            continue
+        failures = 0
+        new_index = int(new_index or 0)
+        # An index that went backwards (a restarted Consul) means: read afresh. Never 0 after a
+        # successful read, or every following query would answer at once.
+        index = max(new_index, 1) if new_index >= index else 0
+        if first or value != last:
+            first, last = False, value
+            try:
+                on_change(value)
+            except Exception:
+                # A bug in one consumer must not end the watch that every later change needs.
+                logger.exception("consul watch consumer failed what=%s", what)
+        elapsed_s = loop.time() - started_s
+        if elapsed_s < WATCH_MIN_INTERVAL_S:
+            await asyncio.sleep(WATCH_MIN_INTERVAL_S - elapsed_s)
+
+
+async def watch_kv_tree(client: consul.aio.Consul, on_change, prefix: str = "config/", *,
+                        wait_s: float = 30.0) -> None:
+    """Follows every key under ``prefix`` with blocking queries; runs until cancelled.
+
+    ``on_change`` gets the whole tree (key to UTF-8 value) at first and after each change.
+    """
+    async def read(index, wait):
+        new_index, entries = await client.kv.get(prefix, recurse=True, index=index, wait=wait)
+        return new_index, {
+            entry["Key"]: (entry["Value"] or b"").decode("utf-8")
+            for entry in entries or [] if not entry["Key"].endswith("/")
+        }
+
+    await _follow(read, on_change, what=f"kv:{prefix}", wait_s=wait_s)
+
+
+async def watch_passing_count(client: consul.aio.Consul, service: str, on_change, *,
+                              wait_s: float = 30.0) -> None:
+    """Follows how many instances of ``service`` pass their checks; runs until cancelled."""
+    async def read(index, wait):
+        new_index, entries = await client.health.service(service, index=index, wait=wait,
+                                                         passing=True)
+        return new_index, len(entries or [])
+
+    await _follow(read, on_change, what=f"passing:{service}", wait_s=wait_s)

@@ -42,6 +42,9 @@ RPC_SECONDS = Histogram("heraldo_rpc_seconds", "RPC duration", ["method"])
 
 #: Health and reflection calls come every few seconds from Consul and grpcurl; not worth a line.
 QUIET_METHOD_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+#: How often a service checks that Consul still holds its registration. A restarted dev agent
+#: (or a real one that lost its state) forgets every service; this bounds how long we stay absent.
+REREGISTER_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,7 @@ class RunningService:
         self._check_interval_s = check_interval_s
         self._deregister_after_s = deregister_critical_after_s
         self.registration: ServiceRegistration | None = None
+        self._keeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Raises Unavailable when the port is taken or Consul cannot be reached."""
@@ -231,12 +235,36 @@ class RunningService:
             check_interval_s=self._check_interval_s,
             deregister_critical_after_s=self._deregister_after_s)
         await self.registration.register(self.consul)
+        self._keeper = asyncio.create_task(self._keep_registered(), name="keep-registered")
         logger.info("serving service=%s id=%s port=%d metrics_port=%d",
                     self.instance.service, instance_id, self.port, self.metrics_port)
+
+    async def _keep_registered(self, interval_s: float = REREGISTER_INTERVAL_S) -> None:
+        """Registers this instance again whenever Consul no longer lists it.
+
+        Errors only log at debug: while Consul is down every attempt fails, and the last known
+        endpoints keep serving meanwhile (the control plane holds them).
+        """
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                listed = await self.consul.agent.services()
+                if self.registration.instance_id in (listed or {}):
+                    continue
+                logger.info("consul lost our registration id=%s; registering again",
+                            self.registration.instance_id)
+                await self.registration.register(self.consul)
+            except (Unavailable, TimeoutError, OSError, aiohttp.ClientError,
+                    consul.ConsulException) as exc:
+                logger.debug("registration check failed id=%s: %r",
+                             self.registration.instance_id, exc)
 
     async def stop(self, grace_s: float) -> None:
         """Graceful shutdown: NOT_SERVING first, so Consul and Envoy stop sending new work."""
         await self.health.enter_graceful_shutdown()
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
         if self.registration is not None:
             await self.registration.deregister(self.consul)
         await self.server.stop(grace_s)

@@ -24,9 +24,11 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from heraldo.controlplane import EDS_TYPE_URL, AdsServicer, Endpoint, EndpointSnapshots
-from heraldo.mesh.envoy_config import render_bootstrap
+from heraldo.mesh.credentials import EdgeCredentials, generate
+from heraldo.mesh.envoy_config import EDGE_BURST, EDGE_RATE_PER_S, render_bootstrap
 from heraldo.v1 import notification_pb2, notification_pb2_grpc
 
 #: Generous: Envoy starts in well under a second here, but CI machines are noisy.
@@ -103,12 +105,16 @@ class FakeNotifier(notification_pb2_grpc.NotifierServiceServicer):
 
     def __init__(self, replica_id: str) -> None:
         self.replica_id = replica_id
+        #: RPCs that reached this replica, so a test can tell that a refused one never did.
+        self.calls = 0
 
     async def Deliver(self, request_iterator, context):  # noqa: N802 - generated name
+        self.calls += 1
         async for request in request_iterator:
             yield self._result(request)
 
     async def Send(self, request, context):  # noqa: N802 - generated name
+        self.calls += 1
         if not request.recipient.email:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "recipient.email: required")
         return self._result(request)
@@ -126,6 +132,8 @@ class Replica:
     replica_id: str
     port: int
     server: grpc.aio.Server
+    servicer: FakeNotifier
+    health: health.aio.HealthServicer
 
     @property
     def endpoint(self) -> Endpoint:
@@ -139,11 +147,15 @@ async def start_replica() -> AsyncIterator[Callable[[str], Awaitable[Replica]]]:
 
     async def start(replica_id: str) -> Replica:
         server = grpc.aio.server()
-        notification_pb2_grpc.add_NotifierServiceServicer_to_server(FakeNotifier(replica_id),
-                                                                    server)
+        servicer = FakeNotifier(replica_id)
+        notification_pb2_grpc.add_NotifierServiceServicer_to_server(servicer, server)
+        # The standard health service, what Consul's gRPC check asks.
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        replica = Replica(replica_id, port, server)
+        replica = Replica(replica_id, port, server, servicer, health_servicer)
         replicas.append(replica)
         return replica
 
@@ -189,6 +201,7 @@ class EnvoyProcess:
     mesh_port: int
     admin_port: int
     log_path: Path
+    credentials: EdgeCredentials
     node_id: str = ENVOY_NODE_ID
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
@@ -202,6 +215,26 @@ class EnvoyProcess:
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{self.admin_port}{path}") as response:
                 return response.status, await response.text()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The headers an authenticated REST client sends."""
+        return self.credentials.headers
+
+    @property
+    def grpc_auth(self) -> tuple[tuple[str, str], ...]:
+        """The same credentials as gRPC call metadata."""
+        return (("authorization", self.credentials.authorization),)
+
+    async def host_flags(self, cluster: str) -> dict[str, str]:
+        """``host:port`` to its health flags (``healthy``, ``/failed_outlier_check`` ...)."""
+        _, text = await self.admin_get("/clusters")
+        flags = {}
+        for line in text.splitlines():
+            parts = line.split("::")
+            if len(parts) >= 4 and parts[0] == cluster and parts[2] == "health_flags":
+                flags[parts[1]] = parts[3]
+        return flags
 
     async def hosts(self, cluster: str) -> set[str]:
         """``host:port`` of every host Envoy holds for ``cluster``, from admin ``/clusters``."""
@@ -244,15 +277,25 @@ class EnvoyProcess:
 
 
 @pytest.fixture
-async def envoy(ads_server: AdsServer, tmp_path: Path) -> AsyncIterator[EnvoyProcess]:
+def edge_rate_limit() -> tuple[int, int]:
+    """The edge's rate limit (per second, burst); a test overrides it to see it trip."""
+    return EDGE_RATE_PER_S, EDGE_BURST
+
+
+@pytest.fixture
+async def envoy(ads_server: AdsServer, tmp_path: Path,
+                edge_rate_limit: tuple[int, int]) -> AsyncIterator[EnvoyProcess]:
     """A real Envoy on free ports, fed by ``ads_server``; ready (admin ``/ready``) when yielded."""
     binary = envoy_binary()
     edge_port, mesh_port, admin_port = free_port(), free_port(), free_port()
+    credentials = generate(tmp_path / "credentials")
+    rate_per_s, burst = edge_rate_limit
     bootstrap = tmp_path / "envoy.yaml"
     bootstrap.write_text(render_bootstrap(
         edge_port=edge_port, mesh_port=mesh_port, admin_port=admin_port, xds_host="127.0.0.1",
         xds_port=ads_server.port, batch_address=None, descriptor_path=_descriptor_path(),
-        node_id=ENVOY_NODE_ID))
+        node_id=ENVOY_NODE_ID, jwks_path=credentials.jwks_path, edge_rate_per_s=rate_per_s,
+        edge_burst=burst))
     log_path = tmp_path / "envoy.log"
     # A base id per Envoy keeps its shared memory apart from any other Envoy on this machine;
     # the admin port is free, so no running Envoy uses it as its base id.
@@ -262,7 +305,7 @@ async def envoy(ads_server: AdsServer, tmp_path: Path) -> AsyncIterator[EnvoyPro
         "--log-level", "info", "--log-path", str(log_path),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.STDOUT)
-    envoy = EnvoyProcess(process, edge_port, mesh_port, admin_port, log_path)
+    envoy = EnvoyProcess(process, edge_port, mesh_port, admin_port, log_path, credentials)
     try:
         await _wait_ready(envoy)
         yield envoy

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from heraldo.mesh.credentials import generate
 from heraldo.mesh.envoy_config import (
     COMPOSE_PARAMETERS,
     DESCRIPTOR_PATH,
@@ -19,6 +20,12 @@ from .conftest import envoy_binary, free_port
 COMPOSE_BOOTSTRAP = Path(__file__).resolve().parents[2] / "envoy" / "compose.yaml"
 LOCAL = {"edge_port": 8080, "mesh_port": 9090, "admin_port": 9901, "xds_host": "127.0.0.1",
          "xds_port": 18000, "descriptor_path": DESCRIPTOR_PATH, "node_id": "edge-1"}
+
+
+@pytest.fixture
+def jwks_path(tmp_path: Path) -> Path:
+    """Envoy refuses a bootstrap whose key set file is missing: validation needs a real one."""
+    return generate(tmp_path / "credentials").jwks_path
 
 
 def _validate(bootstrap: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -36,16 +43,18 @@ def test_compose_bootstrap_is_the_template_rendered_for_compose():
 
 
 @pytest.mark.parametrize("batch_address", [None, "127.0.0.1:50051"], ids=["batch-eds", "fixed"])
-def test_envoy_accepts_the_rendered_bootstrap(batch_address, tmp_path):
-    result = _validate(render_bootstrap(**LOCAL, batch_address=batch_address), tmp_path)
+def test_envoy_accepts_the_rendered_bootstrap(batch_address, tmp_path, jwks_path):
+    result = _validate(render_bootstrap(**LOCAL, batch_address=batch_address,
+                                        jwks_path=jwks_path), tmp_path)
 
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_envoy_accepts_the_compose_bootstrap(tmp_path):
-    # The descriptor set lives at /etc/envoy only inside the container.
+def test_envoy_accepts_the_compose_bootstrap(tmp_path, jwks_path):
+    # The descriptor set and the key set live under /etc/envoy only inside the container.
     bootstrap = COMPOSE_BOOTSTRAP.read_text().replace(
-        str(COMPOSE_PARAMETERS["descriptor_path"]), str(DESCRIPTOR_PATH))
+        str(COMPOSE_PARAMETERS["descriptor_path"]), str(DESCRIPTOR_PATH)).replace(
+        str(COMPOSE_PARAMETERS["jwks_path"]), str(jwks_path))
 
     result = _validate(bootstrap, tmp_path)
 

@@ -46,7 +46,7 @@ async def watched(consul_client):
     snapshots = EndpointSnapshots(SERVICES)
     watcher = ConsulHealthWatcher(client=consul_client, snapshots=snapshots, services=SERVICES,
                                   blocking_wait_s=5, retry_backoff_s=0.1,
-                                  retry_backoff_max_s=0.5)
+                                  retry_backoff_max_s=0.5, recovery_grace_s=1.0)
     watcher.start()
     await eventually(lambda: _ports(snapshots) == set() and _ports(snapshots, "batch") == set(),
                      "the first (empty) answer for both services")
@@ -96,6 +96,34 @@ async def test_last_endpoints_stay_while_consul_is_down(consul_dev, consul_clien
 
     # Then the watcher follows the new catalog, whatever the restarted index
     await eventually(lambda: _ports(watched) == {50063}, "the new catalog")
+
+
+async def test_a_consul_back_from_an_outage_removes_nothing_during_the_grace(
+        consul_dev, consul_client, caplog):
+    # Given a watcher with a grace long enough to observe, and one replica it serves
+    caplog.set_level(logging.INFO, logger="heraldo.controlplane")
+    snapshots = EndpointSnapshots(SERVICES)
+    watcher = ConsulHealthWatcher(client=consul_client, snapshots=snapshots, services=SERVICES,
+                                  blocking_wait_s=5, retry_backoff_s=0.1,
+                                  retry_backoff_max_s=0.5, recovery_grace_s=30.0)
+    watcher.start()
+    try:
+        await _register(consul_client, "notifier-1", 50061)
+        await eventually(lambda: _ports(snapshots) == {50061}, "the replica")
+
+        # When Consul restarts empty (the stand-in forgets services) and another replica
+        # registers before the first one has
+        await consul_dev.stop()
+        await eventually(lambda: any("consul query failed" in r.getMessage()
+                                     for r in caplog.records), "the watcher to notice")
+        await consul_dev.start()
+        await _register(consul_client, "notifier-3", 50063)
+
+        # Then the newcomer is added and the absent one is kept for now
+        await eventually(lambda: _ports(snapshots) == {50061, 50063}, "both replicas")
+        assert any("consul reachable again" in r.getMessage() for r in caplog.records)
+    finally:
+        await watcher.stop()
 
 
 async def test_process_exits_with_one_line_when_consul_is_unreachable():

@@ -47,7 +47,8 @@ async def main() -> None:
         client=consul_client, snapshots=snapshots, services=services,
         blocking_wait_s=settings.blocking_wait_s,
         retry_backoff_s=settings.consul_retry_backoff_s,
-        retry_backoff_max_s=settings.consul_retry_backoff_max_s)
+        retry_backoff_max_s=settings.consul_retry_backoff_max_s,
+        recovery_grace_s=settings.recovery_grace_s)
     await service.start()
     watcher.start()
     logger.info("watching consul=%s clusters=%s", consul_address.url,

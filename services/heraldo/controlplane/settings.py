@@ -42,10 +42,14 @@ class ControlPlaneSettings:
     #: First delay after a failed Consul query; it doubles per failure up to the maximum.
     consul_retry_backoff_s: float = 0.5
     consul_retry_backoff_max_s: float = 10.0
+    #: After Consul comes back from an outage, how long endpoints are only added, never removed:
+    #: long enough for every service to register again and pass a check (re-registration runs
+    #: every 5 s, checks every check_interval_s).
+    recovery_grace_s: float = 12.0
 
     def __post_init__(self) -> None:
         for name in ("check_interval_s", "deregister_critical_after_s", "blocking_wait_s",
-                     "consul_retry_backoff_s", "consul_retry_backoff_max_s"):
+                     "consul_retry_backoff_s", "consul_retry_backoff_max_s", "recovery_grace_s"):
             positive(name, getattr(self, name))
         if self.shutdown_grace_s < 0:
             raise ValueError("shutdown_grace_s must not be negative")

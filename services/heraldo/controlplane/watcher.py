@@ -5,6 +5,11 @@ One task per Envoy cluster asks ``/v1/health/service/<name>?passing`` with the l
 health, and otherwise after ``wait``. While Consul cannot be reached the last known endpoints
 stay in the snapshot: replicas keep receiving traffic, and Envoy's outlier detection still ejects
 one that fails.
+
+A Consul that comes back after an outage (or restarted, its index gone backwards) may have lost
+every registration: the services register again within seconds, and their checks pass a moment
+later. For ``recovery_grace_s`` after such a return the watcher only adds endpoints and removes
+none, so that gap does not empty Envoy's clusters; then Consul's word is final again.
 """
 
 from __future__ import annotations
@@ -47,13 +52,15 @@ class ConsulHealthWatcher:
 
     def __init__(self, *, client: consul.aio.Consul, snapshots: EndpointSnapshots,
                  services: Mapping[str, str], blocking_wait_s: float = 30.0,
-                 retry_backoff_s: float = 0.5, retry_backoff_max_s: float = 10.0) -> None:
+                 retry_backoff_s: float = 0.5, retry_backoff_max_s: float = 10.0,
+                 recovery_grace_s: float = 10.0) -> None:
         self._client = client
         self._snapshots = snapshots
         self._services = dict(services)
         self._wait_s = blocking_wait_s
         self._backoff_s = retry_backoff_s
         self._backoff_max_s = retry_backoff_max_s
+        self._grace_s = recovery_grace_s
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -75,10 +82,15 @@ class ConsulHealthWatcher:
         loop = asyncio.get_running_loop()
         index = 0
         failures = 0
+        hold_until_s = 0.0
         while not self._stopping:
             started_s = loop.time()
+            holding_s = hold_until_s - started_s
             try:
-                new_index, entries = await self._query(service, index)
+                # While holding, the query returns when the grace ends, so removals it kept
+                # back are applied then even if Consul has nothing new to say.
+                wait_s = min(self._wait_s, holding_s) if holding_s > 0 else self._wait_s
+                new_index, entries = await self._query(service, index, max(wait_s, 0.1))
             except CONSUL_ERRORS as exc:
                 failures += 1
                 delay_s = backoff_delay_s(failures, initial_s=self._backoff_s,
@@ -93,20 +105,28 @@ class ConsulHealthWatcher:
                 await asyncio.sleep(delay_s)
                 continue
             if failures:
-                logger.info("consul reachable again service=%s after_failures=%d",
-                            service, failures)
+                logger.info("consul reachable again service=%s after_failures=%d "
+                            "recovery_grace_s=%g", service, failures, self._grace_s)
                 failures = 0
+                hold_until_s = loop.time() + self._grace_s
 
+            went_back = 0 < new_index < index
             index = self._next_index(service, index, new_index)
-            self._snapshots.set_endpoints(cluster, await self._endpoints(service, entries))
+            if went_back:
+                hold_until_s = loop.time() + self._grace_s
+            endpoints = await self._endpoints(service, entries)
+            if loop.time() < hold_until_s:
+                known = self._snapshots.snapshot().clusters.get(cluster, ())
+                endpoints = [*known, *endpoints]
+            self._snapshots.set_endpoints(cluster, endpoints)
 
             elapsed_s = loop.time() - started_s
             if elapsed_s < MIN_QUERY_INTERVAL_S:
                 await asyncio.sleep(MIN_QUERY_INTERVAL_S - elapsed_s)
 
-    async def _query(self, service: str, index: int) -> tuple[int, list[dict]]:
-        wait = f"{self._wait_s:g}s"
-        timeout_s = self._wait_s * (1 + 1 / 16) + QUERY_TIMEOUT_MARGIN_S
+    async def _query(self, service: str, index: int, wait_s: float) -> tuple[int, list[dict]]:
+        wait = f"{wait_s:.3g}s"
+        timeout_s = wait_s * (1 + 1 / 16) + QUERY_TIMEOUT_MARGIN_S
         # asyncio.timeout rather than wait_for: on Python 3.11 wait_for drops a cancellation
         # that arrives as the query completes, and the watcher would then never stop.
         async with asyncio.timeout(timeout_s):
