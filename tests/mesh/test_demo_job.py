@@ -52,8 +52,10 @@ async def run_job(mesh, job_name: str) -> dict:
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
-        job = await start_job_over_rest(session, mesh.edge_url, job_name)
-        return await follow_job(session, mesh.edge_url, job["jobId"], show=lambda _: None)
+        job = await start_job_over_rest(session, mesh.edge_url, job_name,
+                                        headers=mesh.auth_headers)
+        return await follow_job(session, mesh.edge_url, job["jobId"], show=lambda _: None,
+                                headers=mesh.auth_headers)
 
 
 def test_every_notifiable_invoice_reaches_the_sink_once_spread_over_three_replicas(mesh):
@@ -81,10 +83,11 @@ def test_every_notifiable_invoice_reaches_the_sink_once_spread_over_three_replic
 
 
 def test_rest_errors_are_json_with_the_right_status(mesh):
-    bad = httpx.post(f"{mesh.edge_url}/v1/jobs",
+    auth = mesh.auth_headers
+    bad = httpx.post(f"{mesh.edge_url}/v1/jobs", headers=auth,
                      json={"jobName": "bad", "parameters": {"template": "nope"}})
-    missing_name = httpx.post(f"{mesh.edge_url}/v1/jobs", json={})
-    unknown = httpx.get(f"{mesh.edge_url}/v1/jobs/job-does-not-exist")
+    missing_name = httpx.post(f"{mesh.edge_url}/v1/jobs", json={}, headers=auth)
+    unknown = httpx.get(f"{mesh.edge_url}/v1/jobs/job-does-not-exist", headers=auth)
 
     assert bad.status_code == 400
     assert "parameters.template" in bad.json()["message"]
@@ -105,3 +108,17 @@ def test_grpc_clients_discover_the_api_through_reflection_at_the_edge(mesh):
     assert {"heraldo.v1.BatchService", "heraldo.v1.NotifierService"} <= set(services)
     job_name = start_job.input_type.fields_by_name["job_name"]
     assert job_name.type == job_name.TYPE_STRING
+
+
+def test_job_control_without_credentials_is_401_and_starts_nothing(mesh):
+    auth = mesh.auth_headers
+    before = httpx.get(f"{mesh.edge_url}/v1/jobs", headers=auth).json().get("jobs", [])
+
+    refused = httpx.post(f"{mesh.edge_url}/v1/jobs", json={"jobName": "no-credentials"})
+
+    assert refused.status_code == 401
+    assert refused.headers["content-type"] == "application/json"
+    assert refused.json()["code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    after = httpx.get(f"{mesh.edge_url}/v1/jobs", headers=auth).json().get("jobs", [])
+    assert len(after) == len(before)
+    assert all(job.get("jobName") != "no-credentials" for job in after)

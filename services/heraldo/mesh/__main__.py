@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
@@ -44,9 +45,11 @@ async def load_demo_data(mesh: LocalMesh, invoices: int) -> None:
 
 
 async def start_job_over_rest(session: aiohttp.ClientSession, edge_url: str, job_name: str,
-                              chunk_size: int = 0) -> dict:
+                              chunk_size: int = 0, *,
+                              headers: Mapping[str, str] | None = None) -> dict:
+    """POST /v1/jobs; ``headers`` carries the edge credentials (``LocalMesh.auth_headers``)."""
     body = {"jobName": job_name, "parameters": {"chunkSize": chunk_size}}
-    async with session.post(f"{edge_url}/v1/jobs", json=body) as response:
+    async with session.post(f"{edge_url}/v1/jobs", json=body, headers=headers) as response:
         payload = await response.json(content_type=None)
         if response.status != 200:
             raise JobFailed(f"POST /v1/jobs answered {response.status}: {payload}")
@@ -54,11 +57,11 @@ async def start_job_over_rest(session: aiohttp.ClientSession, edge_url: str, job
 
 
 async def follow_job(session: aiohttp.ClientSession, edge_url: str, job_id: str,
-                     show=print) -> dict:
+                     show=print, *, headers: Mapping[str, str] | None = None) -> dict:
     """Polls GET /v1/jobs/{id} until the job ends, showing a progress line as it goes."""
     last_progress = None
     while True:
-        async with session.get(f"{edge_url}/v1/jobs/{job_id}") as response:
+        async with session.get(f"{edge_url}/v1/jobs/{job_id}", headers=headers) as response:
             job = await response.json(content_type=None)
             if response.status != 200:
                 raise JobFailed(f"GET /v1/jobs/{job_id} answered {response.status}: {job}")
@@ -117,9 +120,10 @@ async def run_demo(mesh: LocalMesh, invoices: int) -> int:
     job_name = "demo-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     async with aiohttp.ClientSession() as session:
         started = time.perf_counter()
-        job = await start_job_over_rest(session, mesh.edge_url, job_name)
+        job = await start_job_over_rest(session, mesh.edge_url, job_name,
+                                        headers=mesh.auth_headers)
         print(f"started job {job['jobId']} ({job_name}) with POST {mesh.edge_url}/v1/jobs")
-        job = await follow_job(session, mesh.edge_url, job["jobId"])
+        job = await follow_job(session, mesh.edge_url, job["jobId"], headers=mesh.auth_headers)
         elapsed_s = time.perf_counter() - started
         stats = await sink_stats(session, mesh.sink_url)
     print(summary(job, stats, elapsed_s))
@@ -136,11 +140,19 @@ async def run_demo(mesh: LocalMesh, invoices: int) -> int:
 
 
 def print_usage(mesh: LocalMesh) -> None:
+    auth_command = ("AUTH=\"$(python3 -c 'import json; print(json.load(open("
+                    f"\"{mesh.credentials.credentials_path}\"))[\"authorization\"])')\"")
     print(f"""
 Heraldo is running (logs in {mesh.workdir / 'logs'}). Press Ctrl-C to stop.
-  REST (Envoy edge):  curl -s -X POST {mesh.edge_url}/v1/jobs -d '{{"jobName": "demo"}}'
-                      curl -s {mesh.edge_url}/v1/jobs
-  gRPC (reflection):  grpcurl -plaintext 127.0.0.1:{mesh.ports.edge} list
+  Credentials:        {mesh.credentials.credentials_path} (a bearer token, valid until
+                      {mesh.credentials.expires_at:%Y-%m-%d %H:%M} UTC; every start makes a new one)
+                      {auth_command}
+  REST (Envoy edge):  curl -s -H "Authorization: $AUTH" -X POST {mesh.edge_url}/v1/jobs \\
+                           -d '{{"jobName": "demo"}}'
+                      curl -s -H "Authorization: $AUTH" {mesh.edge_url}/v1/jobs
+  gRPC (reflection):  grpcurl -plaintext 127.0.0.1:{mesh.ports.edge} list   (no token needed)
+                      grpcurl -plaintext -H "Authorization: $AUTH" 127.0.0.1:{mesh.ports.edge} \\
+                           heraldo.v1.BatchService/ListJobs
   Consul:             {mesh.consul_address.url}/ui  ({mesh.consul_description})
   SMTP sink:          {mesh.sink_url}
   Envoy admin:        http://127.0.0.1:{mesh.ports.envoy_admin}

@@ -23,6 +23,7 @@ import asyncpg
 
 from heraldo import db
 from heraldo.errors import HeraldoError
+from heraldo.mesh.credentials import EdgeCredentials, generate
 from heraldo.mesh.envoy_config import render_bootstrap
 from heraldo.mesh.processes import Child, child_env, python_module
 from heraldo.registry import ConsulAddress, seed_kv
@@ -55,6 +56,7 @@ class MeshPorts:
     first_notifier: int = 50061
     smtp: int = 1025
     sink_web: int = 8025
+    console: int = 8090
 
     @classmethod
     def from_env(cls) -> MeshPorts:
@@ -105,6 +107,10 @@ class LocalMesh:
     consul_address: ConsulAddress | None = None
     database_description: str = ""
     consul_description: str = ""
+    #: The edge's key set and a token for it, written to ``workdir`` at start (credentials.json).
+    credentials: EdgeCredentials | None = None
+    #: The environment every child started with, kept so one can be started again alike.
+    child_base_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def edge_url(self) -> str:
@@ -113,6 +119,15 @@ class LocalMesh:
     @property
     def sink_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.sink_web}"
+
+    @property
+    def console_url(self) -> str:
+        return f"{self.edge_url}/console/"
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What a REST client of the edge sends: ``Authorization: Bearer <token>``."""
+        return self.credentials.headers if self.credentials else {}
 
     def notifier_ids(self) -> list[str]:
         return [f"notifier-{index + 1}" for index in range(self.notifiers)]
@@ -138,6 +153,7 @@ class LocalMesh:
         await self._seed_settings()
         env = child_env(CONSUL_HTTP_ADDR=f"{self.consul_address.host}:{self.consul_address.port}",
                         DATABASE_URL=self.database_url)
+        self.child_base_env = env
         engine = db.create_engine(db.database_url(self.database_url))
         try:
             await db.create_schema(engine)
@@ -150,6 +166,8 @@ class LocalMesh:
         self._spawn("controlplane", python_module("heraldo.controlplane"), env,
                     HERALDO_GRPC_PORT=str(self.ports.controlplane),
                     HERALDO_INSTANCE_ID="controlplane-1")
+        self._spawn("console", python_module(
+            "heraldo.console", "--port", str(self.ports.console)), env)
         self._start_envoy(env)
         self._spawn("batch", python_module("heraldo.batch"), env,
                     HERALDO_GRPC_PORT=str(self.ports.batch), HERALDO_INSTANCE_ID="batch-1")
@@ -210,12 +228,16 @@ class LocalMesh:
                 "config/batch/mesh_address": f"127.0.0.1:{self.ports.mesh}"}
 
     def _start_envoy(self, env: dict[str, str]) -> None:
+        # A fresh key set per start: nothing to leak from a previous run, nothing hard-coded.
+        self.credentials = generate(self.workdir)
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(render_bootstrap(
             edge_port=self.ports.edge, mesh_port=self.ports.mesh,
             admin_port=self.ports.envoy_admin, xds_host="127.0.0.1",
             xds_port=self.ports.controlplane, batch_address=f"127.0.0.1:{self.ports.batch}",
-            descriptor_path=str(DESCRIPTOR_PATH), node_id="edge-1"))
+            descriptor_path=str(DESCRIPTOR_PATH), node_id="edge-1",
+            jwks_path=self.credentials.jwks_path,
+            console_address=f"127.0.0.1:{self.ports.console}"))
         envoy = shutil.which("envoy") or str(Path(os.sys.executable).parent / "envoy")
         # A base id of its own per mesh lets two meshes (a developer's and a test's) share a host.
         self._spawn("envoy", [envoy, "-c", str(bootstrap), "--base-id",
@@ -223,12 +245,18 @@ class LocalMesh:
 
     async def _wait_until_healthy(self) -> None:
         await self._poll(self._envoy_ready, "Envoy (admin /ready)")
+        await self._poll(self._console_serving, "the job console")
         await self._poll(self._services_passing, "every service passing its Consul health check")
         await self._poll(self._envoy_sees_notifiers,
                          f"Envoy's notifier cluster to hold {self.notifiers} healthy replicas")
 
     async def _envoy_ready(self, session: aiohttp.ClientSession) -> bool:
         async with session.get(f"http://127.0.0.1:{self.ports.envoy_admin}/ready") as response:
+            return response.status == 200
+
+    async def _console_serving(self, session: aiohttp.ClientSession) -> bool:
+        url = f"http://127.0.0.1:{self.ports.console}/console/healthz"
+        async with session.get(url) as response:
             return response.status == 200
 
     async def _services_passing(self, session: aiohttp.ClientSession) -> bool:
@@ -268,6 +296,57 @@ class LocalMesh:
 
     def child(self, name: str) -> Child:
         return next(child for child in self.children if child.name == name)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one component and reap it: a crash, with no graceful shutdown at all."""
+        child = self.child(name)
+        if child.running:
+            child.process.kill()
+            child.process.wait()
+        logger.info("killed component=%s", name)
+
+    def stop_component(self, name: str) -> None:
+        """SIGTERM one component and wait for it (its graceful shutdown)."""
+        self.child(name).stop()
+        logger.info("stopped component=%s", name)
+
+    def start_component(self, name: str) -> None:
+        """Starts a stopped or killed component again, as it was first started.
+
+        Raises:
+            MeshError: it is still running.
+        """
+        child = self.child(name)
+        if child.running:
+            raise MeshError(f"{name} is still running (pid {child.process.pid})")
+        child.start(self.child_base_env if name != "consul" else child_env())
+        logger.info("started component=%s pid=%d", name, child.process.pid)
+
+    def restart(self, name: str) -> None:
+        self.stop_component(name)
+        self.start_component(name)
+
+    def add_notifier(self) -> str:
+        """Starts one more notifier replica on a free port; returns its instance id.
+
+        It registers in Consul like the others, so Envoy learns of it through the control plane.
+        """
+        self.notifiers += 1
+        replica = f"notifier-{self.notifiers}"
+        self._spawn(replica, python_module("heraldo.notifier"), self.child_base_env,
+                    HERALDO_GRPC_PORT=str(_free_port()), HERALDO_INSTANCE_ID=replica)
+        logger.info("added component=%s", replica)
+        return replica
+
+    def start_batch_replica(self, replica_id: str) -> Child:
+        """Starts one more batch replica on a free port; it shares the jobs of the first one.
+
+        It does not wait: the replica registers in Consul and starts claiming partitions once up.
+        """
+        env = child_env(CONSUL_HTTP_ADDR=f"{self.consul_address.host}:{self.consul_address.port}",
+                        DATABASE_URL=self.database_url)
+        return self._spawn(replica_id, python_module("heraldo.batch"), env,
+                           HERALDO_GRPC_PORT=str(_free_port()), HERALDO_INSTANCE_ID=replica_id)
 
     def stop(self) -> None:
         """Stops the services before the infrastructure they deregister from."""

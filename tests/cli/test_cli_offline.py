@@ -1,0 +1,104 @@
+"""The CLI's parts that need no mesh: credentials, progress lines, setting validation, errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from heraldo import cli
+from heraldo.errors import ConfigError
+from heraldo.settings import load_seed
+
+
+def test_token_from_the_environment_wins_over_the_file(tmp_path, monkeypatch):
+    credentials = tmp_path / "credentials.json"
+    credentials.write_text(json.dumps({"version": 1, "token": "from-file"}))
+    monkeypatch.setenv("HERALDO_API_KEY", "from-env")
+
+    assert cli.read_token(str(credentials)) == "from-env"
+
+
+def test_token_from_the_mesh_credentials_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("HERALDO_TOKEN", raising=False)
+    monkeypatch.delenv("HERALDO_API_KEY", raising=False)
+    credentials = tmp_path / "credentials.json"
+    credentials.write_text(json.dumps({"authorization": "Bearer abc.def.ghi"}))
+    plain = tmp_path / "token.txt"
+    plain.write_text("Bearer xyz\n")
+
+    assert cli.read_token(str(credentials)) == "abc.def.ghi"
+    assert cli.read_token(str(plain)) == "xyz"
+
+
+def test_a_named_credentials_file_must_exist(tmp_path, monkeypatch):
+    monkeypatch.delenv("HERALDO_TOKEN", raising=False)
+    monkeypatch.delenv("HERALDO_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    assert cli.read_token(None) == ""  # no var/credentials.json: no token, no error
+    with pytest.raises(ConfigError, match="does not exist"):
+        cli.read_token(str(tmp_path / "missing.json"))
+
+
+def test_progress_line_shows_bar_counts_rate_and_time_left():
+    job = {"status": "JOB_STATUS_STARTED", "ratePerSecond": 84.6, "secondsLeft": 75.2,
+           "counts": {"selected": "1000", "processed": "250", "sent": "240", "skipped": "10"}}
+
+    line = cli.job_progress_line(job)
+
+    assert line.startswith("[" + "#" * 7 + "." * 23 + "]  25.0% 250/1000")
+    assert "sent 240 skipped 10 failed 0" in line
+    assert "85/s" in line and "left 1:15" in line and line.endswith("STARTED")
+
+
+def test_money_is_exact():
+    assert cli.money("12.50", "gbp") == {"currencyCode": "GBP", "units": "12",
+                                         "nanos": 500_000_000}
+    assert cli.money("-0.01", "EUR") == {"currencyCode": "EUR", "units": "0",
+                                         "nanos": -10_000_000}
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("config/batch/chunk_size", "0", "chunk_size must be positive"),
+    ("config/batch/chunk_size", "many", "invalid literal"),
+    ("config/notifier/smtp_port", "70000", "smtp_port must be between"),
+    ("config/application/log_level", "LOUD", "log_level must be one of"),
+    ("config/controlplane/cluster_services", "notifier", "is not cluster=service"),
+    ("config/mailer/sender", "x", "unknown service 'mailer'"),
+    ("config/batch/no_such_setting", "1", "no service reads a setting named"),
+    ("batch/chunk_size", "1", "a setting key is config/"),
+])
+def test_a_bad_setting_is_refused_with_its_reason(key, value, problem):
+    with pytest.raises(ConfigError, match=problem):
+        cli.validate_setting(key, value, load_seed())
+
+
+def test_a_shared_setting_is_checked_against_every_service():
+    readers = cli.validate_setting("config/application/shutdown_grace_s", "5", load_seed())
+
+    assert sorted(readers) == ["batch", "controlplane", "notifier"]
+
+
+def test_an_unreachable_edge_is_one_line_and_exit_2(capsys, monkeypatch):
+    monkeypatch.delenv("HERALDO_TOKEN", raising=False)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+
+    code = cli.main(["jobs", "list", "--edge", f"http://127.0.0.1:{closed_port}"])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert err.startswith(f"heraldo: cannot reach the edge at http://127.0.0.1:{closed_port}")
+
+
+def test_the_original_commands_are_still_there(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+
+    out = capsys.readouterr().out
+    for command in ("jobs", "send", "mesh", "config", "import", "setup", "probe"):
+        assert command in out
