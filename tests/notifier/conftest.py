@@ -16,8 +16,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from heraldo import db
-from heraldo.notifier.mailer import Mailer
-from heraldo.notifier.servicer import NotifierServicer
+from heraldo.notifier.servicer import NotifierServicer, build_mailer
 from heraldo.notifier.settings import SERVICE_SCOPE, NotifierSettings
 from heraldo.runtime import StatusInterceptor
 from heraldo.settings import load_seed, resolve
@@ -46,10 +45,29 @@ class FaultyHandler:
         self.sessions: list[SMTP] = []
         #: When set, a connection that already carried a message is closed at its next MAIL.
         self.close_reused_at_mail = False
+        #: When set, MAIL on a connection that carried this many messages gets "421 too many
+        #: messages" and the connection is closed, as some providers do.
+        self.max_per_connection = 0
+        self.carried: dict[int, int] = {}
+        self.too_many_replies = 0
+        #: Address to how many more times DATA is answered 451 before it is accepted.
+        self.greylist: dict[str, int] = {}
+        self.connections = 0
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        self.connections += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         self.mail_commands += 1
+        if self.max_per_connection and self.carried.get(id(server), 0) >= self.max_per_connection:
+            self.too_many_replies += 1
+            # Closed once the reply is written, as a server does after a 421.
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return "421 4.7.0 Too many messages on this connection"
         if server in self.sessions and self.close_reused_at_mail:
             self.sessions.remove(server)
             server.transport.abort()
@@ -86,6 +104,10 @@ class FaultyHandler:
                 return "451 4.7.1 Greylisted, try again later"
             if fault == "data-554":
                 return "554 5.7.1 Message rejected as spam"
+            if self.greylist.get(envelope.rcpt_tos[0], 0) > 0:
+                self.greylist[envelope.rcpt_tos[0]] -= 1
+                return "451 4.7.1 Greylisted, try again later"
+            self.carried[id(server)] = self.carried.get(id(server), 0) + 1
             self.received.append(message_from_bytes(envelope.original_content,
                                                     policy=policy.default))
             return "250 2.0.0 Ok: queued"
@@ -144,8 +166,11 @@ async def delivery_engine(delivery_url: str) -> AsyncIterator:
 def settings(smtp_server: SMTPServer) -> NotifierSettings:
     """The seed's defaults, pointed at the test SMTP server."""
     defaults = resolve(NotifierSettings, SERVICE_SCOPE, load_seed(), env={})
+    # No retries unless a test asks: each temporary failure is then seen as it happened.
     return dataclasses.replace(defaults, smtp_host="127.0.0.1", smtp_port=smtp_server.port,
-                               smtp_timeout_s=5, smtp_connections=2, max_in_flight=8)
+                               smtp_timeout_s=5, smtp_connections=2, max_in_flight=8,
+                               smtp_retries=0, smtp_retry_backoff_s=0.05,
+                               smtp_max_messages_per_connection=0)
 
 
 @dataclass
@@ -172,10 +197,8 @@ class NotifierFactory:
 
     async def start(self, replica_id: str = "replica-a", **changes) -> RunningNotifier:
         settings = dataclasses.replace(self.settings, **changes)
-        mailer = Mailer(host=settings.smtp_host, port=settings.smtp_port,
-                        timeout_s=settings.smtp_timeout_s, connections=settings.smtp_connections)
-        servicer = NotifierServicer(settings=settings, engine=self.engine, mailer=mailer,
-                                    replica_id=replica_id)
+        servicer = NotifierServicer(settings=settings, engine=self.engine,
+                                    mailer=build_mailer(settings), replica_id=replica_id)
         server = grpc.aio.server(interceptors=[StatusInterceptor()])
         notification_pb2_grpc.add_NotifierServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")

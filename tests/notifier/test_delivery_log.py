@@ -8,7 +8,7 @@ import datetime as dt
 import sqlalchemy as sa
 
 from heraldo import db
-from heraldo.notifier.delivery_log import DeliveryLog
+from heraldo.notifier.delivery_log import DeliveryLog, Final, GroupedDeliveryLog
 
 
 async def test_a_fresh_id_is_claimed_once_and_then_reported_as_in_progress(delivery_engine):
@@ -105,3 +105,50 @@ async def test_concurrent_take_overs_of_a_temporary_failure_have_exactly_one_win
     claims = await asyncio.gather(*(log.claim("job-1:1", "<job-1=1@heraldo>") for log in logs))
 
     assert sum(claim.claimed for claim in claims) == 1
+
+
+async def test_claim_many_answers_each_item_in_order_with_one_claim_per_id(delivery_engine):
+    log = DeliveryLog(delivery_engine, replica_id="replica-a")
+    sent = await log.claim("job-1:1", "<job-1=1@heraldo>")
+    await log.record("job-1:1", sent.attempt, "sent", smtp_code=250)
+    retry = await log.claim("job-1:2", "<job-1=2@heraldo>")
+    await log.record("job-1:2", retry.attempt, "temporary_failure", smtp_code=451)
+    wanted = [(f"job-1:{n}", f"<job-1={n}@heraldo>") for n in (1, 2, 3, 3, 4)]
+
+    claims = await log.claim_many(wanted)
+
+    assert [(c.claimed, c.attempt) for c in claims] == [
+        (False, 0), (True, 2), (True, 1), (False, 0), (True, 1)]
+    assert claims[0].existing.status == "sent"
+    # The second copy of job-1:3 in the same group sees the first copy's claim.
+    assert (claims[3].existing.status, claims[3].existing.replica_id) == ("sending", "replica-a")
+
+
+async def test_record_many_stores_each_outcome_and_reports_lost_claims(delivery_engine):
+    log = DeliveryLog(delivery_engine, replica_id="replica-a")
+    await log.claim_many([("job-1:1", "<job-1=1@heraldo>"), ("job-1:2", "<job-1=2@heraldo>")])
+
+    recorded = await log.record_many([Final("job-1:1", 1, "sent", 250, "250 ok"),
+                                      Final("job-1:2", 7, "sent", 250, "250 ok")])
+
+    assert recorded == [True, False]
+    assert (await log.get("job-1:1")).status == "sent"
+    assert (await log.get("job-1:2")).status == "sending"
+
+
+async def test_concurrent_callers_share_transactions_and_keep_their_own_answers(delivery_engine):
+    # Regression guard for throughput: two transactions per email capped a replica near
+    # 250-300 emails per second; concurrent claims and records must share transactions.
+    transactions = []
+    sa.event.listen(delivery_engine.sync_engine, "begin", transactions.append)
+    grouped = GroupedDeliveryLog(DeliveryLog(delivery_engine, replica_id="replica-a"))
+    ids = [f"job-1:{n}" for n in range(100)]
+
+    claims = await asyncio.gather(*(grouped.claim(i, f"<{i}@heraldo>") for i in [*ids, ids[0]]))
+    recorded = await asyncio.gather(*(grouped.record(i, 1, "sent", smtp_code=250) for i in ids))
+
+    assert sum(claim.claimed for claim in claims) == 100
+    assert not claims[-1].claimed
+    assert all(recorded)
+    assert len(transactions) < 20
+    assert {(await grouped.log.get(i)).status for i in ids} == {"sent"}

@@ -141,3 +141,52 @@ async def _serving_port(process: asyncio.subprocess.Process, lines: list[str]) -
         match = re.search(r"serving service=heraldo-notifier .* port=(\d+)", line)
         if match:
             return int(match.group(1))
+
+
+async def test_sigterm_lets_a_message_in_flight_finish_before_exiting(
+        tmp_path, consul_kv, smtp_server):
+    env = notifier_env(tmp_path, CONSUL_HTTP_ADDR=f"127.0.0.1:{consul_kv.port}",
+                       HERALDO_SMTP_PORT=str(smtp_server.port), HERALDO_SHUTDOWN_GRACE_S="20")
+    handler = smtp_server.handler
+    handler.gate.clear()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "heraldo.notifier", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    lines: list[str] = []
+    try:
+        port = await asyncio.wait_for(_serving_port(process, lines), START_TIMEOUT_S)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = asyncio.ensure_future(
+                notification_pb2_grpc.NotifierServiceStub(channel).Send(make_request(1)))
+            async with handler.reached_data:
+                await asyncio.wait_for(handler.reached_data.wait_for(lambda: handler.in_data),
+                                       START_TIMEOUT_S)
+
+            # Held at DATA: the stop signal arrives while the message is in flight.
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(_wait_for_line(process, lines, "deregistered"),
+                                   START_TIMEOUT_S)
+            handler.gate.set()
+            result = await asyncio.wait_for(call, START_TIMEOUT_S)
+    finally:
+        handler.gate.set()
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+    rest = await asyncio.wait_for(process.stderr.read(), START_TIMEOUT_S)
+    code = await process.wait()
+
+    assert result.status == pb.DELIVERY_STATUS_SENT
+    assert handler.received_ids() == ["job-1:1"]
+    assert code == 0
+    assert consul_kv.deregistered == ["notifier-test-1"]
+    assert "cancelled" not in "".join(lines) + rest.decode()
+
+
+async def _wait_for_line(process: asyncio.subprocess.Process, lines: list[str],
+                         text: str) -> None:
+    while not any(text in line for line in lines):
+        line = (await process.stderr.readline()).decode()
+        if not line:
+            raise AssertionError(f"the notifier exited before logging {text!r}:\n"
+                                 + "".join(lines))
+        lines.append(line)

@@ -17,8 +17,8 @@ import consul
 from heraldo import logs
 from heraldo.db import create_engine, create_schema, database_url, describe
 from heraldo.errors import Unavailable
-from heraldo.notifier.mailer import Mailer
-from heraldo.notifier.servicer import NotifierServicer
+from heraldo.notifier.reload import LiveConfig
+from heraldo.notifier.servicer import NotifierServicer, build_mailer
 from heraldo.notifier.settings import SERVICE_SCOPE, NotifierSettings
 from heraldo.registry import ConsulAddress, read_kv_tree
 from heraldo.runtime import (
@@ -73,9 +73,8 @@ async def main() -> None:
     try:
         await create_schema(engine)
         instance = Instance.from_env(SERVICE_NAME, DEFAULT_GRPC_PORT)
-        mailer = Mailer(host=settings.smtp_host, port=settings.smtp_port,
-                        timeout_s=settings.smtp_timeout_s, connections=settings.smtp_connections)
-        servicer = NotifierServicer(settings=settings, engine=engine, mailer=mailer,
+        servicer = NotifierServicer(settings=settings, engine=engine,
+                                    mailer=build_mailer(settings),
                                     replica_id=instance.instance_id)
         service = RunningService(
             instance=instance,
@@ -84,13 +83,21 @@ async def main() -> None:
                 notification_pb2.DESCRIPTOR.services_by_name["NotifierService"].full_name)],
             consul_address=consul_address, check_interval_s=settings.check_interval_s,
             deregister_critical_after_s=settings.deregister_critical_after_s)
-        logger.info("starting replica=%s smtp=%s:%d database=%s max_in_flight=%d",
-                    instance.instance_id, settings.smtp_host, settings.smtp_port, describe(url),
-                    settings.max_in_flight)
+        logger.info("starting replica=%s smtp=%s:%d tls=%s database=%s max_in_flight=%d "
+                    "rate_per_s=%g", instance.instance_id, settings.smtp_host, settings.smtp_port,
+                    settings.smtp_tls, describe(url), settings.max_in_flight, settings.rate_per_s)
         await service.start()
+        consul_client = consul_address.client()
+        # Settings, templates and the number of live replicas follow Consul from here on.
+        live = asyncio.create_task(LiveConfig(servicer=servicer, seed=load_seed(),
+                                              service_name=SERVICE_NAME).run(consul_client))
         try:
             await wait_for_shutdown_signal()
         finally:
+            live.cancel()
+            await asyncio.gather(live, return_exceptions=True)
+            await consul_client.close()
+            settings = servicer.settings
             await service.stop(settings.shutdown_grace_s)
             await servicer.close(settings.shutdown_grace_s)
     finally:

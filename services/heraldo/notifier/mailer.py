@@ -1,9 +1,14 @@
 """SMTP delivery: a small pool of reused aiosmtplib connections, and what each reply means.
 
 A reply in the 2xx range is SENT; a 4xx reply, a network error or a timeout is a TEMPORARY_FAILURE
-worth retrying later; a 5xx reply is a PERMANENT_FAILURE. A connection whose transaction failed is
-reset (RSET) or, when that is not certain to work, dropped, so the next message starts clean; a
-dropped connection is opened again on its next use.
+worth retrying later; a 5xx reply is a PERMANENT_FAILURE. A temporary failure is tried again here
+a few times with a growing pause, but only when the server certainly did not take the message (a
+4xx reply, or a failure before DATA began); after that it is reported, and the batch retries later.
+
+A connection whose transaction failed is reset (RSET) or, when that is not certain to work,
+dropped, so the next message starts clean; a dropped connection is opened again on its next use.
+A connection carries at most ``max_messages_per_connection`` messages and is then closed politely
+(QUIT) and opened again, because some providers answer "421 too many messages" past their limit.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ class Outcome:
     detail: str = ""
 
 
+SHUTTING_DOWN = Outcome(pb.DELIVERY_STATUS_TEMPORARY_FAILURE, 0, "mailer is shutting down")
+
+
 def classify(code: int, text: str) -> Outcome:
     """Maps an SMTP reply to an outcome: 2xx sent, 4xx temporary, 5xx (and nonsense) permanent."""
     detail = f"{code} {text}".strip()
@@ -60,38 +68,95 @@ class _StaleConnection(SMTPServerDisconnected):
     """A reused connection turned out closed before anything of the message was sent."""
 
 
+class _MaybeDelivered(SMTPException):
+    """The link failed after DATA began: the server may have taken the message, so never resend."""
+
+
+TLS_MODES = ("none", "starttls", "implicit")
+
+
+@dataclass(frozen=True)
+class SMTPTarget:
+    """Where and how to connect: the parts of the settings a mailer is built from.
+
+    Parameters:
+        tls: ``none`` (plain), ``starttls`` (required upgrade) or ``implicit`` (TLS from the
+            first byte, usually port 465).
+        username, password: AUTH after connecting, when ``username`` is set.
+        ca_file: a CA bundle to check the server's certificate with, instead of the system's.
+    """
+
+    host: str
+    port: int
+    tls: str = "none"
+    username: str = ""
+    password: str = ""
+    ca_file: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tls not in TLS_MODES:
+            raise ValueError(f"smtp_tls must be one of {', '.join(TLS_MODES)}, got {self.tls!r}")
+
+    def __repr__(self) -> str:
+        # Never print the password, whoever logs a target.
+        return (f"SMTPTarget(host={self.host!r}, port={self.port}, tls={self.tls!r}, "
+                f"username={self.username!r})")
+
+
 class Mailer:
     """Sends pre-built messages over at most ``connections`` reused SMTP connections.
 
     Parameters:
-        host, port: the SMTP server.
+        host, port: the SMTP server (or ``target``, which also says TLS and AUTH).
         timeout_s: the limit for connecting and for each SMTP command.
         connections: how many connections are kept open and used at once.
+        max_messages_per_connection: reconnect after this many messages; 0 means never.
+        retries: how many more times a temporary failure that is safe to repeat is tried.
+        retry_backoff_s: the pause before the first retry; it doubles for each further one.
     """
 
-    def __init__(self, *, host: str, port: int, timeout_s: float, connections: int,
+    def __init__(self, *, host: str = "", port: int = 0, timeout_s: float, connections: int,
+                 target: SMTPTarget | None = None, max_messages_per_connection: int = 0,
+                 retries: int = 0, retry_backoff_s: float = 0.5,
                  local_hostname: str | None = None) -> None:
-        self.host = host
-        self.port = port
+        target = target or SMTPTarget(host=host, port=port)
+        self.target = target
+        self.host = target.host
+        self.port = target.port
         self._timeout_s = timeout_s
+        self._max_messages = max_messages_per_connection
+        self._retries = retries
+        self._retry_backoff_s = retry_backoff_s
         # Clients connect lazily, on first use, so a mailer can be built before the server is up.
         self._clients = [
-            aiosmtplib.SMTP(hostname=host, port=port, timeout=timeout_s,
-                            local_hostname=local_hostname, start_tls=False)
+            aiosmtplib.SMTP(
+                hostname=target.host, port=target.port, timeout=timeout_s,
+                local_hostname=local_hostname, use_tls=target.tls == "implicit",
+                start_tls=target.tls == "starttls", username=target.username or None,
+                password=target.password or None, cert_bundle=target.ca_file or None)
             for _ in range(connections)
         ]
+        self._carried = {id(smtp): 0 for smtp in self._clients}
         self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
         for smtp in self._clients:
             self._idle.put_nowait(smtp)
+        #: Set while no send holds a connection: what a retiring mailer waits for.
+        self._all_idle = asyncio.Event()
+        self._all_idle.set()
         self._closed = False
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[tuple[aiosmtplib.SMTP, bool]]:
         """Lends an open connection and says whether it was reused (it may have gone stale)."""
         smtp = await self._idle.get()
+        self._all_idle.clear()
         try:
+            if smtp.is_connected and self._max_messages and \
+                    self._carried[id(smtp)] >= self._max_messages:
+                await self._quit(smtp)
             reused = smtp.is_connected
             if not reused:
+                self._carried[id(smtp)] = 0
                 try:
                     await smtp.connect()
                 except BaseException:
@@ -108,35 +173,60 @@ class Mailer:
             raise
         finally:
             self._idle.put_nowait(smtp)
+            if self._idle.qsize() == len(self._clients):
+                self._all_idle.set()
 
     async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> Outcome:
         """Delivers ``message`` and classifies the result; never raises for SMTP or network errors.
 
-        A pooled connection that the server closed while idle fails before anything is
-        transmitted; that one case is retried at once on another connection.
+        A temporary failure is tried again up to ``retries`` times, pausing ``retry_backoff_s``
+        and then twice as long each time, unless the server may already have the message.
+        """
+        pause_s = self._retry_backoff_s
+        for retry in range(self._retries + 1):
+            outcome, repeatable = await self._send_once(sender, recipients, message)
+            if outcome.status != pb.DELIVERY_STATUS_TEMPORARY_FAILURE or not repeatable:
+                return outcome
+            if retry == self._retries or self._closed:
+                break
+            logger.debug("temporary failure from %s:%d, retrying in %.2fs: %s",
+                         self.host, self.port, pause_s, outcome.detail)
+            await asyncio.sleep(pause_s)
+            pause_s *= 2
+        return outcome
+
+    async def _send_once(self, sender: str, recipients: Sequence[str],
+                         message: bytes) -> tuple[Outcome, bool]:
+        """One delivery; says whether trying again could not send the message twice.
+
+        A pooled connection that the server closed while idle (or closed with 421 at MAIL) fails
+        before anything is transmitted; that one case is retried at once on a fresh connection.
         """
         if self._closed:
-            return Outcome(pb.DELIVERY_STATUS_TEMPORARY_FAILURE, 0, "mailer is shutting down")
+            return SHUTTING_DOWN, False
         try:
             try:
-                return await self._attempt(sender, recipients, message)
+                return await self._attempt(sender, recipients, message), True
             except _StaleConnection:
                 logger.debug("stale smtp connection to %s:%d, retrying", self.host, self.port)
-                return await self._attempt(sender, recipients, message)
+                return await self._attempt(sender, recipients, message), True
         except SMTPRecipientsRefused as exc:
             refused = exc.recipients[0]
-            return classify(refused.code, refused.message)
+            return classify(refused.code, refused.message), True
         except SMTPConnectResponseError as exc:
             # A refusing greeting says the server is unwilling now, not that this mail is bad.
             return Outcome(pb.DELIVERY_STATUS_TEMPORARY_FAILURE, exc.code,
                            f"smtp {self.host}:{self.port} refused the connection: "
-                           f"{exc.code} {exc.message}")
+                           f"{exc.code} {exc.message}"), True
         except SMTPResponseException as exc:
-            return classify(exc.code, exc.message)
+            return classify(exc.code, exc.message), True
+        except _MaybeDelivered as exc:
+            return Outcome(pb.DELIVERY_STATUS_TEMPORARY_FAILURE, 0,
+                           f"smtp {self.host}:{self.port}: {exc}"), False
         except (SMTPException, OSError, TimeoutError) as exc:
             # Connection refused, reset, or timed out: nothing says the server rejected the mail.
             reason = f"smtp {self.host}:{self.port}: {type(exc).__name__}: {exc}".rstrip(": ")
-            return Outcome(pb.DELIVERY_STATUS_TEMPORARY_FAILURE, 0, reason)
+            return Outcome(pb.DELIVERY_STATUS_TEMPORARY_FAILURE, 0, reason), True
 
     async def _attempt(self, sender: str, recipients: Sequence[str], message: bytes) -> Outcome:
         """One transaction on a pooled connection. Raises the SMTP or network error as is."""
@@ -144,7 +234,15 @@ class Mailer:
         async with self._connection() as (smtp, reused):
             started = time.perf_counter()
             try:
-                await smtp.mail(sender)
+                try:
+                    await smtp.mail(sender)
+                except SMTPResponseException as exc:
+                    # 421 at MAIL on a reused link: the server hung up (a per-connection limit
+                    # or an idle timeout) before anything of this message was taken.
+                    if reused and exc.code == SERVICE_CLOSING:
+                        smtp.close()
+                        raise _StaleConnection(str(exc)) from exc
+                    raise
                 refused = []
                 for recipient in recipients:
                     try:
@@ -155,12 +253,20 @@ class Mailer:
                     raise SMTPRecipientsRefused(refused)
                 data_started = True
                 response = await smtp.data(message)
+                self._carried[id(smtp)] += 1
+            except _StaleConnection:
+                raise
             except (SMTPResponseException, SMTPRecipientsRefused) as exc:
                 await self._reset(smtp, exc)
                 raise
-            except SMTPServerDisconnected as exc:
+            except (SMTPException, OSError, TimeoutError) as exc:
                 # Once DATA has begun the server may have taken the message: never resend then.
-                if reused and not data_started:
+                if data_started:
+                    smtp.close()
+                    raise _MaybeDelivered(
+                        f"connection lost after DATA began: {type(exc).__name__}: {exc}"
+                    ) from exc
+                if reused and isinstance(exc, SMTPServerDisconnected):
                     raise _StaleConnection(str(exc)) from exc
                 raise
             finally:
@@ -180,13 +286,28 @@ class Mailer:
         if response.code != 250:
             smtp.close()
 
+    @staticmethod
+    async def _quit(smtp: aiosmtplib.SMTP) -> None:
+        """Ends a session politely (best effort); the connection is closed either way."""
+        try:
+            await smtp.quit()
+        except (SMTPException, OSError, TimeoutError):
+            smtp.close()
+
+    async def retire(self, timeout_s: float) -> None:
+        """Closes the mailer once the sends still using it are done, or after ``timeout_s``.
+
+        Used when the settings name another SMTP server: new sends go to a new mailer while this
+        one finishes what it has.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._all_idle.wait()
+        await self.close()
+
     async def close(self) -> None:
         """QUITs every open connection (best effort) and refuses further sends."""
         self._closed = True
         for smtp in self._clients:
-            if not smtp.is_connected:
-                continue
-            try:
-                await smtp.quit()
-            except (SMTPException, OSError, TimeoutError):
-                smtp.close()
+            if smtp.is_connected:
+                await self._quit(smtp)

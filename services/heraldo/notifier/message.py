@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 MESSAGE_ID_DOMAIN = "heraldo"
 CRLF = "\r\n"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_BLANKS = re.compile(r"[ \t]+")
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 
 
@@ -41,12 +42,15 @@ def message_id_for(notification_id: str) -> str:
     return f"<{local}@{MESSAGE_ID_DOMAIN}>"
 
 
-def _header_text(value: str) -> str:
+def _header_text(name: str, value: str) -> str:
     """One header line's value: control characters (a CR/LF injection) collapse to a space."""
-    value = " ".join(_CONTROL.sub(" ", value).split())
+    # Only ASCII blanks collapse: str.split() would also eat the no-break space that keeps an
+    # amount and its currency together.
+    value = _BLANKS.sub(" ", _CONTROL.sub(" ", value)).strip(" ")
     if value.isascii():
         return value
-    return Header(value, "utf-8").encode(linesep=CRLF)
+    # The header's name counts towards its first line's length.
+    return Header(value, "utf-8", header_name=name).encode(linesep=CRLF)
 
 
 def _mailbox(name: str, address: str) -> str:
@@ -96,10 +100,10 @@ def compose(envelope: Envelope, rendered: RenderedEmail, *,
         headers.append(f"Reply-To: {_address_header(envelope.reply_to)}")
     headers += [
         f"To: {_mailbox(envelope.to_name, envelope.to_address)}",
-        f"Subject: {_header_text(rendered.subject)}",
+        f"Subject: {_header_text('Subject', rendered.subject)}",
         f"Content-Language: {rendered.language}",
         f"X-Heraldo-Notification-Id: {envelope.notification_id}",
-        f"X-Heraldo-Invoice: {_header_text(envelope.invoice_number)}",
+        f"X-Heraldo-Invoice: {_header_text('X-Heraldo-Invoice', envelope.invoice_number)}",
         "MIME-Version: 1.0",
         f'Content-Type: multipart/alternative; boundary="{boundary}"',
     ]

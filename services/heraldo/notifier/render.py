@@ -5,13 +5,19 @@ request's ``template`` (``invoice`` by default), the variant follows the documen
 (``invoice`` or ``credit_note``), and the language is the primary subtag of the recipient's
 locale. Amounts come from ``google.type.Money`` as a Decimal and are printed with every digit they
 carry; dates come from ``google.type.Date``.
+
+Any of those files can be overridden, or a whole set or language added, from Consul KV: the key
+``config/notifier/templates/<set>/<language>/<file>`` holds the template's source. An override is
+checked by rendering a sample document with it before it is used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +29,12 @@ logger = logging.getLogger(__name__)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 VARIANTS = ("invoice", "credit_note")
+PARTS = ("subject.txt", "txt", "html")
+#: KV keys ``<prefix><set>/<language>/<variant>.<part>`` override or add template files.
+OVERRIDE_PREFIX = "config/notifier/templates/"
+_OVERRIDE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}/[a-z]{2,3}/(?:"
+                            + "|".join(VARIANTS) + r")\.(?:"
+                            + "|".join(re.escape(part) for part in PARTS) + ")")
 #: Languages with every variant; anything else falls back to the default locale, then to English.
 FALLBACK_LANGUAGE = "en"
 
@@ -169,15 +181,27 @@ class UnknownTemplate(LookupError):
     """The requested template set does not exist."""
 
 
+class InvalidTemplate(ValueError):
+    """A template override that cannot be used; the message names its key."""
+
+
 class Renderer:
     """Renders documents with the Jinja2 templates of one directory; HTML parts are autoescaped."""
 
     def __init__(self, *, template_dir: Path = TEMPLATE_DIR, company: str = "",
-                 default_locale: str = "en-GB") -> None:
+                 default_locale: str = "en-GB", overrides: Mapping[str, str] | None = None) -> None:
+        """``overrides`` maps ``<set>/<language>/<file>`` to template source, over the files.
+
+        Raises:
+            InvalidTemplate: an override has a bad name, does not compile or does not render,
+                or a set or language that exists only in overrides lacks one of its files.
+        """
         self._dir = template_dir
         self._company = company
+        self.overrides = dict(overrides or {})
         self._env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(template_dir)),
+            loader=jinja2.ChoiceLoader([jinja2.DictLoader(self.overrides),
+                                        jinja2.FileSystemLoader(str(template_dir))]),
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",),
                                                 default_for_string=False, default=False),
             undefined=jinja2.StrictUndefined,
@@ -192,6 +216,41 @@ class Renderer:
             for path in template_dir.iterdir() if path.is_dir() and not path.name.startswith("_")
         }
         self._default_language = language_of(default_locale)
+        self._check_overrides()
+
+    def _check_overrides(self) -> None:
+        added: dict[str, set[str]] = {}
+        for name in sorted(self.overrides):
+            key = OVERRIDE_PREFIX + name
+            if not _OVERRIDE_NAME.fullmatch(name):
+                raise InvalidTemplate(f"{key}: expected {OVERRIDE_PREFIX}<set>/<language>/"
+                                      f"<variant>.<part> with a variant in {VARIANTS} and a "
+                                      f"part in {PARTS}")
+            template_set, language, _ = name.split("/")
+            if language not in self._languages.get(template_set, ()):
+                added.setdefault(template_set, set()).add(language)
+        for template_set, languages in added.items():
+            for language in languages:
+                missing = [f"{template_set}/{language}/{variant}.{part}"
+                           for variant in VARIANTS for part in PARTS
+                           if f"{template_set}/{language}/{variant}.{part}" not in self.overrides]
+                if missing:
+                    raise InvalidTemplate(f"{OVERRIDE_PREFIX}{missing[0]}: a new template "
+                                          f"language needs every file; missing {len(missing)}")
+            self._languages[template_set] = self._languages.get(
+                template_set, frozenset()) | frozenset(languages)
+
+        sample = Document(variant="invoice", invoice_number="INV0", customer_name="Sample",
+                          amount=Decimal("1234.50"), currency="GBP",
+                          issue_date=dt.date(2011, 12, 1), due_date=dt.date(2011, 12, 31))
+        for name in sorted(self.overrides):
+            template_set, language, file_name = name.split("/")
+            variant = file_name.split(".")[0]
+            try:
+                self.render(template_set, language, dataclasses.replace(sample, variant=variant))
+            except jinja2.TemplateError as exc:
+                raise InvalidTemplate(f"{OVERRIDE_PREFIX}{name}: {type(exc).__name__}: "
+                                      f"{exc}") from exc
 
     @property
     def template_sets(self) -> frozenset[str]:
@@ -245,6 +304,12 @@ def _date_text(day: dt.date | None, language: str, region: str) -> str:
     if language == "en" and region == "US":
         return f"{STYLES['en'].months[day.month - 1]} {day.day}, {day.year}"
     return format_date(day, language)
+
+
+def overrides_from_kv(kv: Mapping[str, str]) -> dict[str, str]:
+    """The template overrides among KV entries: ``<set>/<language>/<file>`` to source."""
+    return {key.removeprefix(OVERRIDE_PREFIX): value for key, value in kv.items()
+            if key.startswith(OVERRIDE_PREFIX) and value.strip()}
 
 
 def language_of(locale: str) -> str:

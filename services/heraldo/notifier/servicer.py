@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from heraldo.errors import InvalidArgument, Unavailable
 from heraldo.logs import mask_email
 from heraldo.notifier import delivery_log
-from heraldo.notifier.delivery_log import DeliveryLog, Record
+from heraldo.notifier.delivery_log import DeliveryLog, GroupedDeliveryLog, Record
+from heraldo.notifier.limits import DomainLimiter, RateLimiter, replica_share
 from heraldo.notifier.mailer import Mailer, Outcome
 from heraldo.notifier.message import Envelope, compose, message_id_for
 from heraldo.notifier.render import (
@@ -74,12 +75,29 @@ class Checked:
     document: Document
 
 
+def build_mailer(settings: NotifierSettings) -> Mailer:
+    """The mailer the SMTP settings describe."""
+    return Mailer(target=settings.smtp_target, timeout_s=settings.smtp_timeout_s,
+                  connections=settings.smtp_connections,
+                  max_messages_per_connection=settings.smtp_max_messages_per_connection,
+                  retries=settings.smtp_retries, retry_backoff_s=settings.smtp_retry_backoff_s)
+
+
+#: The settings a mailer is built from: a change to any of them means a new mailer.
+MAILER_FIELDS = ("smtp_host", "smtp_port", "smtp_timeout_s", "smtp_connections", "smtp_tls",
+                 "smtp_username", "smtp_password", "smtp_ca_file",
+                 "smtp_max_messages_per_connection", "smtp_retries", "smtp_retry_backoff_s")
+
+
 class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
     """Delivers notifications: ``Deliver`` for streams from the batch service, ``Send`` ad hoc.
 
     Deliveries outlive the stream that asked for them: when a client goes away mid-stream, the
     emails already handed to SMTP finish and their outcome is recorded, so a replay finds them as
     sent rather than as a stale claim to send again. ``close`` waits for them.
+
+    Settings can change while it runs (``apply_settings``, ``set_templates``,
+    ``set_live_replicas``): the rates apply to the next token, a new SMTP target to the next send.
     """
 
     def __init__(self, *, settings: NotifierSettings, engine: AsyncEngine, mailer: Mailer,
@@ -88,7 +106,9 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
         self._settings = settings
         self._mailer = mailer
         self._replica_id = replica_id
-        self._log = DeliveryLog(engine, replica_id=replica_id, stale_after_s=stale_after_s)
+        # Concurrent deliveries share claim and record transactions (see delivery_log).
+        self._log = GroupedDeliveryLog(DeliveryLog(engine, replica_id=replica_id,
+                                                   stale_after_s=stale_after_s))
         company = parseaddr(settings.sender)[0]
         self._renderer = renderer or Renderer(company=company,
                                               default_locale=settings.default_locale)
@@ -96,6 +116,58 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
             raise ValueError(f"default_template {settings.default_template!r} does not exist; "
                              f"known: {', '.join(sorted(self._renderer.template_sets))}")
         self._tasks: set[asyncio.Task] = set()
+        self._retiring: set[asyncio.Task] = set()
+        self._retired: list[Mailer] = []
+        self._live_replicas = 1
+        self._rate = RateLimiter(settings.rate_per_s)
+        self._domains = DomainLimiter(settings.domain_rate_per_s)
+
+    @property
+    def settings(self) -> NotifierSettings:
+        return self._settings
+
+    @property
+    def template_overrides(self) -> dict[str, str]:
+        """The KV template overrides in use, by ``<set>/<language>/<file>``."""
+        return dict(self._renderer.overrides)
+
+    @property
+    def rate_per_s(self) -> float:
+        """This replica's current send rate limit; 0 means unlimited."""
+        return self._rate.rate_per_s
+
+    def apply_settings(self, settings: NotifierSettings) -> None:
+        """Switches to ``settings`` now: rates at once, a new mailer for the next sends."""
+        old, self._settings = self._settings, settings
+        self._rate.set_rate(replica_share(settings.rate_per_s, self._live_replicas))
+        self._domains.set_rate(settings.domain_rate_per_s)
+        if any(getattr(old, name) != getattr(settings, name) for name in MAILER_FIELDS):
+            retired, self._mailer = self._mailer, build_mailer(settings)
+            self._retired.append(retired)
+            task = asyncio.create_task(retired.retire(settings.shutdown_grace_s
+                                                      + settings.smtp_timeout_s))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+            logger.info("smtp target changed replica=%s smtp=%s:%d tls=%s",
+                        self._replica_id, settings.smtp_host, settings.smtp_port,
+                        settings.smtp_tls)
+        if (old.sender, old.default_locale) != (settings.sender, settings.default_locale):
+            self.set_templates(self._renderer.overrides)
+
+    def set_templates(self, overrides: dict[str, str]) -> None:
+        """Renders with these KV template overrides from now on.
+
+        Raises:
+            InvalidTemplate: an override cannot be used; the templates in use stay.
+        """
+        self._renderer = Renderer(company=parseaddr(self._settings.sender)[0],
+                                  default_locale=self._settings.default_locale,
+                                  overrides=overrides)
+
+    def set_live_replicas(self, count: int) -> None:
+        """Takes this replica's share of the cluster-wide rate among ``count`` live replicas."""
+        self._live_replicas = max(1, count)
+        self._rate.set_rate(replica_share(self._settings.rate_per_s, self._live_replicas))
 
     async def Deliver(self, request_iterator: AsyncIterator[pb.NotificationRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DeliveryResult]:
@@ -222,6 +294,10 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
                 logger.exception("rendering failed notification_id=%s", notification_id)
                 outcome = Outcome(pb.DELIVERY_STATUS_TEMPORARY_FAILURE, 0, "rendering failed")
             else:
+                # The domain's limit first: a token of the replica's rate is not spent while
+                # this message still waits for its domain.
+                await self._domains.acquire(checked.address)
+                await self._rate.acquire()
                 outcome = await self._mailer.send(self._settings.sender_address,
                                                   [checked.address], message)
             logger.debug("notification_id=%s to=%s attempt=%d status=%s detail=%s",
@@ -347,7 +423,10 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
             if late:
                 logger.warning("cancelled %d deliveries still running at shutdown", len(late))
                 await asyncio.wait(late)
-        await self._mailer.close()
+        for task in set(self._retiring):
+            task.cancel()
+        for mailer in [*self._retired, self._mailer]:
+            await mailer.close()
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
 from email.utils import parseaddr
 
+from heraldo.notifier.mailer import TLS_MODES, SMTPTarget
 from heraldo.settings import positive
 
 logger = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ def _mailbox(name: str, value: str) -> None:
                          f"got {value!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class NotifierSettings:
     """Everything the notifier reads from ``config/notifier/*`` and ``config/application/*``.
 
@@ -47,6 +49,21 @@ class NotifierSettings:
     check_interval_s: float
     deregister_critical_after_s: float
     shutdown_grace_s: float
+    #: ``none``, ``starttls`` (required) or ``implicit`` TLS; AUTH when a username is set.
+    smtp_tls: str = "none"
+    smtp_username: str = ""
+    #: Better given as HERALDO_SMTP_PASSWORD than in KV, which every service can read.
+    smtp_password: str = ""
+    smtp_ca_file: str = ""
+    #: Reconnect after this many messages on one connection; 0 means never.
+    smtp_max_messages_per_connection: int = 0
+    #: Further tries of a temporary failure that cannot have been delivered, with doubling pauses.
+    smtp_retries: int = 2
+    smtp_retry_backoff_s: float = 0.5
+    #: Messages per second for the whole cluster, shared among the live replicas; 0 = unlimited.
+    rate_per_s: float = 0.0
+    #: Messages per second to one recipient domain, from this replica; 0 = unlimited.
+    domain_rate_per_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.smtp_host.strip():
@@ -56,8 +73,13 @@ class NotifierSettings:
         for name in ("smtp_timeout_s", "smtp_connections", "max_in_flight", "check_interval_s",
                      "deregister_critical_after_s"):
             positive(name, getattr(self, name))
-        if self.shutdown_grace_s < 0:
-            raise ValueError(f"shutdown_grace_s must not be negative, got {self.shutdown_grace_s}")
+        for name in ("shutdown_grace_s", "smtp_max_messages_per_connection", "smtp_retries",
+                     "smtp_retry_backoff_s", "rate_per_s", "domain_rate_per_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.smtp_tls not in TLS_MODES:
+            raise ValueError(f"smtp_tls must be one of {', '.join(TLS_MODES)}, "
+                             f"got {self.smtp_tls!r}")
 
         _mailbox("sender", self.sender)
         if self.reply_to:
@@ -71,6 +93,18 @@ class NotifierSettings:
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, "
                              f"got {self.log_level!r}")
+
+    @property
+    def smtp_target(self) -> SMTPTarget:
+        return SMTPTarget(host=self.smtp_host, port=self.smtp_port, tls=self.smtp_tls,
+                          username=self.smtp_username, password=self.smtp_password,
+                          ca_file=self.smtp_ca_file)
+
+    def __repr__(self) -> str:
+        # The password never reaches a log line, whoever prints the settings.
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                           if f.name != "smtp_password")
+        return f"NotifierSettings({fields})"
 
     @property
     def sender_address(self) -> str:
