@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 from collections.abc import Mapping
@@ -180,12 +181,24 @@ async def watch_kv_tree(client: consul.aio.Consul, on_change, prefix: str = "con
     await _follow(read, on_change, what=f"kv:{prefix}", wait_s=wait_s)
 
 
-async def watch_passing_count(client: consul.aio.Consul, service: str, on_change, *,
-                              wait_s: float = 30.0) -> None:
-    """Follows how many instances of ``service`` pass their checks; runs until cancelled."""
+def _started_at(service: dict) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat((service.get("Meta") or {})["started_at"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+async def watch_passing_instances(client: consul.aio.Consul, service: str, on_change, *,
+                                  wait_s: float = 30.0) -> None:
+    """Follows which instances of ``service`` pass their checks; runs until cancelled.
+
+    ``on_change`` gets a dict of instance id to the time its process started (from the
+    ``started_at`` service meta; None when an instance does not publish it).
+    """
     async def read(index, wait):
         new_index, entries = await client.health.service(service, index=index, wait=wait,
                                                          passing=True)
-        return new_index, len(entries or [])
+        return new_index, {entry["Service"]["ID"]: _started_at(entry["Service"])
+                           for entry in entries or []}
 
     await _follow(read, on_change, what=f"passing:{service}", wait_s=wait_s)

@@ -9,6 +9,7 @@ SIGINT turns health to NOT_SERVING, deregisters, drains in-flight RPCs and retur
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import inspect
 import logging
 import os
@@ -34,6 +35,7 @@ from heraldo.settings import load_seed, resolve
 logger = logging.getLogger(__name__)
 
 SettingsT = TypeVar("SettingsT")
+PROCESS_STARTED_AT = dt.datetime.now(dt.UTC)
 #: Consul answers a local KV read in milliseconds; longer means it is not there.
 CONSUL_TIMEOUT_S = 5.0
 
@@ -231,7 +233,10 @@ class RunningService:
         self.registration = ServiceRegistration(
             name=self.instance.service, instance_id=instance_id,
             address=self.instance.advertise_address, port=self.port, tags=self._tags,
-            meta={"metrics_port": str(self.metrics_port), "grpc_service": ",".join(names)},
+            # started_at tells peers which incarnation of a replica id is alive: a claim made
+            # before it belongs to a process that died, even though the id is back.
+            meta={"metrics_port": str(self.metrics_port), "grpc_service": ",".join(names),
+                  "started_at": PROCESS_STARTED_AT.isoformat()},
             check_interval_s=self._check_interval_s,
             deregister_critical_after_s=self._deregister_after_s)
         await self.registration.register(self.consul)

@@ -89,6 +89,10 @@ class DrillReport:
     job_seconds: float = 0.0
     stall_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: Notification ids that reached the sink more than once, and those among them whose copies
+    #: do not all carry one Message-ID (a receiver could not tell they are the same email).
+    resent: list[str] = field(default_factory=list)
+    resent_with_new_message_id: list[str] = field(default_factory=list)
 
 
 async def _json(session: aiohttp.ClientSession, url: str, **kwargs) -> dict:
@@ -168,6 +172,10 @@ async def run_drill(mesh: LocalMesh, tmp_path: Path, name: str,
 
     # Drills run one after another: what the sink held before this job is not this job's.
     arrivals = Counter(message["notification_id"] for message in messages) - before
+    report.resent = sorted(nid for nid, count in arrivals.items() if count > 1)
+    report.resent_with_new_message_id = sorted(
+        nid for nid in report.resent
+        if len({m["message_id"] for m in messages if m["notification_id"] == nid}) > 1)
     (tmp_path / "drill.json").write_text(json.dumps(report.__dict__, indent=2))
     print(f"\n  drill {name}: {json.dumps(report.__dict__)}")
     return report, arrivals

@@ -20,6 +20,15 @@ pytestmark = [pytest.mark.drills, pytest.mark.mesh]
 CONSUL_OUTAGE_S = 15.0
 
 
+def assert_nothing_lost(report: DrillReport, arrivals: Counter[str]) -> None:
+    """Every notifiable invoice reached the sink at least once, and the job says so."""
+    assert report.status == "JOB_STATUS_COMPLETED", report
+    delivered = report.counts.get("sent", 0) + report.counts.get("duplicate", 0)
+    assert report.counts.get("failed", 0) == 0, report
+    assert len(arrivals) == delivered, report
+    assert delivered + report.counts.get("skipped", 0) == report.counts.get("selected", 0), report
+
+
 def assert_nothing_lost_or_doubled(report: DrillReport, arrivals: Counter[str]) -> None:
     """Every notifiable invoice reached the sink exactly once.
 
@@ -59,15 +68,15 @@ async def _hosts_at_least(mesh, count: int) -> bool:
     return len(await notifier_hosts(mesh)) >= count
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "a notifier killed between claiming a notification id and recording its result leaves the "
-    "claim 'sending'; the other replicas answer it as a temporary failure until the claim is "
-    "stale (300 s), and the batch writer gives up after max_attempts (3, about 1.5 s), so a "
-    "few invoices of the chunk in flight end as failed instead of sent"))
 def test_kill_9_one_notifier(drill_mesh, tmp_path):
     report, arrivals = asyncio.run(_drill_kill_notifier(drill_mesh, tmp_path))
 
-    assert_nothing_lost_or_doubled(report, arrivals)
+    # Nothing is lost. A replica killed between the SMTP server's "250 accepted" and its record
+    # of it leaves those few notifications in doubt; another replica sends them again once the
+    # claim is orphaned, with the same Message-ID, so receivers can recognise the copy. That
+    # window, and only it, may double a mail: the count is in the report.
+    assert_nothing_lost(report, arrivals)
+    assert report.resent_with_new_message_id == []
 
 
 async def _drill_consul_outage(mesh, tmp_path):

@@ -77,6 +77,48 @@ async def test_a_stale_claim_left_by_a_crash_is_taken_over(delivery_engine):
     assert lost is False
 
 
+async def test_a_claim_of_a_replica_that_left_consul_is_taken_over_once_old_enough(
+        delivery_engine):
+    # Given replica-a claimed two ids and was then killed (Consul no longer lists it)
+    killed = DeliveryLog(delivery_engine, replica_id="replica-a")
+    await killed.claim("job-1:1", "<job-1=1@heraldo>")
+    await killed.claim("job-1:2", "<job-1=2@heraldo>")
+    a_while_ago = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=40)
+    async with delivery_engine.begin() as conn:
+        await conn.execute(sa.update(db.deliveries)
+                           .where(db.deliveries.c.notification_id == "job-1:1")
+                           .values(update_time=a_while_ago))
+    survivor = DeliveryLog(delivery_engine, replica_id="replica-b", orphan_after_s=25)
+    still_live = DeliveryLog(delivery_engine, replica_id="replica-c", orphan_after_s=25)
+    survivor.set_live_replicas({"replica-b": None, "replica-c": None})
+    still_live.set_live_replicas({"replica-a": None, "replica-b": None, "replica-c": None})
+
+    # When the others see those ids again
+    seen_as_live = await still_live.claim("job-1:1", "<job-1=1@heraldo>")
+    orphaned = await survivor.claim("job-1:1", "<job-1=1@heraldo>")
+    too_recent = await survivor.claim("job-1:2", "<job-1=2@heraldo>")
+
+    # Then only the old claim of the replica that is gone is taken over
+    assert not seen_as_live.claimed
+    assert (orphaned.claimed, orphaned.attempt) == (True, 2)
+    assert not too_recent.claimed
+
+
+async def test_a_claim_older_than_its_replicas_restart_is_taken_over_by_others(delivery_engine):
+    # Given replica-a claimed an id, was killed, and came back as a new process
+    killed = DeliveryLog(delivery_engine, replica_id="replica-a")
+    await killed.claim("job-1:1", "<job-1=1@heraldo>")
+    a_while_ago = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=40)
+    async with delivery_engine.begin() as conn:
+        await conn.execute(sa.update(db.deliveries).values(update_time=a_while_ago))
+    other = DeliveryLog(delivery_engine, replica_id="replica-b", orphan_after_s=25)
+    other.set_live_replicas({"replica-a": dt.datetime.now(dt.UTC), "replica-b": None})
+
+    claim = await other.claim("job-1:1", "<job-1=1@heraldo>")
+
+    assert (claim.claimed, claim.attempt) == (True, 2)
+
+
 async def test_a_restarted_replica_takes_back_its_own_unfinished_claims(delivery_engine):
     before_crash = DeliveryLog(delivery_engine, replica_id="replica-a")
     await before_crash.claim("job-1:1", "<job-1=1@heraldo>")

@@ -54,6 +54,9 @@ FINAL_STATUSES = (SENT, TEMPORARY_FAILURE, PERMANENT_FAILURE)
 #: A ``sending`` row older than this was left by a crash. It must exceed the longest send: the
 #: wait for a pooled connection plus five SMTP commands at their timeout each.
 DEFAULT_STALE_AFTER_S = 300.0
+#: A ``sending`` row of a replica Consul no longer lists as passing is taken over after this
+#: long: more than a graceful drain (shutdown_grace_s) plus one SMTP command timeout.
+DEFAULT_ORPHAN_AFTER_S = 25.0
 #: Compare-and-set rounds before giving up on a row other replicas keep taking over.
 MAX_CLAIM_ROUNDS = 3
 #: The most claims or records written in one transaction: bounds a statement's parameters
@@ -108,10 +111,14 @@ class DeliveryLog:
     """
 
     def __init__(self, engine: AsyncEngine, *, replica_id: str,
-                 stale_after_s: float = DEFAULT_STALE_AFTER_S) -> None:
+                 stale_after_s: float = DEFAULT_STALE_AFTER_S,
+                 orphan_after_s: float = DEFAULT_ORPHAN_AFTER_S) -> None:
         self._engine = engine
         self._replica_id = replica_id
         self._stale_after = dt.timedelta(seconds=stale_after_s)
+        self._orphan_after = dt.timedelta(seconds=orphan_after_s)
+        # Replicas Consul reports passing, with their process start; None until known.
+        self._live_replicas: dict[str, dt.datetime | None] | None = None
         # Rows this replica claimed before this moment belong to an earlier, crashed process.
         self._started_at = dt.datetime.now(dt.UTC)
         dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
@@ -172,6 +179,9 @@ class DeliveryLog:
             record = await self.get(record.notification_id)
         return Claim(claimed=False, existing=record)
 
+    def set_live_replicas(self, replica_ids: dict[str, dt.datetime | None]) -> None:
+        self._live_replicas = dict(replica_ids)
+
     def _may_retry(self, record: Record, now: dt.datetime) -> bool:
         if record.status == TEMPORARY_FAILURE:
             return True
@@ -180,7 +190,25 @@ class DeliveryLog:
         claimed_at = _utc(record.update_time)
         if record.replica_id == self._replica_id and claimed_at < self._started_at:
             return True
+        if self._is_orphan(record.replica_id, claimed_at) and \
+                now - claimed_at > self._orphan_after:
+            return True
         return now - claimed_at > self._stale_after
+
+    def _is_orphan(self, owner: str, claimed_at: dt.datetime) -> bool:
+        """The process that made the claim is gone: its replica left Consul's passing set
+        (killed, or cut off and failing), or came back as a process started after the claim.
+
+        A draining replica leaves the set too while it finishes its sends, which is why an
+        orphan's claim is only taken over once older than ``orphan_after_s`` (longer than a
+        drain), not at once.
+        """
+        if self._live_replicas is None or owner == self._replica_id:
+            return False
+        if owner not in self._live_replicas:
+            return True
+        started_at = self._live_replicas[owner]
+        return started_at is not None and claimed_at < started_at
 
     async def _take_over(self, record: Record, message_id: str) -> bool:
         """Compare-and-set on ``attempts``: of several replicas taking over, exactly one wins."""

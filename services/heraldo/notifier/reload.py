@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import os
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ import consul.aio
 from heraldo.notifier.render import InvalidTemplate, overrides_from_kv
 from heraldo.notifier.servicer import NotifierServicer
 from heraldo.notifier.settings import SERVICE_SCOPE, NotifierSettings
-from heraldo.registry import watch_kv_tree, watch_passing_count
+from heraldo.registry import watch_kv_tree, watch_passing_instances
 from heraldo.settings import KV_PREFIX, SHARED_SCOPE
 
 logger = logging.getLogger(__name__)
@@ -107,14 +108,15 @@ class LiveConfig:
         self._templates = templates
         logger.info("templates reloaded overrides=%d", len(templates))
 
-    def on_replicas(self, count: int) -> None:
-        self._servicer.set_live_replicas(count)
+    def on_replicas(self, replica_ids: dict[str, dt.datetime | None]) -> None:
+        self._servicer.set_live_replicas(replica_ids)
         logger.info("live replicas service=%s count=%d replica_rate_per_s=%g",
-                    self._service_name, count, self._servicer.rate_per_s)
+                    self._service_name, len(replica_ids), self._servicer.rate_per_s)
 
     async def run(self, client: consul.aio.Consul, *, wait_s: float = 30.0) -> None:
         """Follows KV and the passing replicas until cancelled."""
         await asyncio.gather(
             watch_kv_tree(client, self.on_kv, KV_PREFIX, wait_s=wait_s),
-            watch_passing_count(client, self._service_name, self.on_replicas, wait_s=wait_s),
+            watch_passing_instances(client, self._service_name, self.on_replicas,
+                                    wait_s=wait_s),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import logging
 import re
 import time
@@ -164,10 +165,12 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
                                   default_locale=self._settings.default_locale,
                                   overrides=overrides)
 
-    def set_live_replicas(self, count: int) -> None:
-        """Takes this replica's share of the cluster-wide rate among ``count`` live replicas."""
-        self._live_replicas = max(1, count)
+    def set_live_replicas(self, replica_ids: dict[str, dt.datetime | None]) -> None:
+        """Takes this replica's share of the cluster-wide rate among the live replicas, and lets
+        the delivery log take over claims left by replicas that are gone."""
+        self._live_replicas = max(1, len(replica_ids))
         self._rate.set_rate(replica_share(self._settings.rate_per_s, self._live_replicas))
+        self._log.log.set_live_replicas(replica_ids)
 
     async def Deliver(self, request_iterator: AsyncIterator[pb.NotificationRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.DeliveryResult]:
