@@ -15,6 +15,7 @@ help:
 	@echo "make test    run the test suite"
 	@echo "make proto   regenerate the Python stubs and Envoy's descriptor set"
 	@echo "make lint    ruff check"
+	@echo "make bench   Heraldo vs a plain smtplib script vs smtp-source (BENCH_ARGS=...)"
 
 install: $(STAMP)
 
@@ -52,8 +53,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check services tests
 
+# Needs Postfix's smtp-sink and smtp-source (apt-get install postfix) and PostgreSQL; see
+# python -m heraldo.bench --help for workloads and runs.
 bench: $(STAMP)
-	$(PY) -m heraldo.bench
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m heraldo.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var build

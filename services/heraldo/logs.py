@@ -18,6 +18,8 @@ def configure(level: str = "INFO", *, service: str | None = None) -> None:
     root.setLevel(level.upper())
     # aiosmtplib and asyncio are chatty at INFO about things we already log once per RPC.
     logging.getLogger("aiosmtplib").setLevel(logging.WARNING)
+    # Alembic narrates every plugin it loads at INFO; a migration that runs is logged by us.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def mask_email(address: str) -> str:

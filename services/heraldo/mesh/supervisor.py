@@ -234,7 +234,9 @@ class LocalMesh:
         bootstrap.write_text(render_bootstrap(
             edge_port=self.ports.edge, mesh_port=self.ports.mesh,
             admin_port=self.ports.envoy_admin, xds_host="127.0.0.1",
-            xds_port=self.ports.controlplane, batch_address=f"127.0.0.1:{self.ports.batch}",
+            # The edge finds batch replicas through the control plane like the notifiers, so
+            # it follows them when one dies and another takes over its jobs.
+            xds_port=self.ports.controlplane, batch_address=None,
             descriptor_path=str(DESCRIPTOR_PATH), node_id="edge-1",
             jwks_path=self.credentials.jwks_path,
             console_address=f"127.0.0.1:{self.ports.console}"))
@@ -249,6 +251,7 @@ class LocalMesh:
         await self._poll(self._services_passing, "every service passing its Consul health check")
         await self._poll(self._envoy_sees_notifiers,
                          f"Envoy's notifier cluster to hold {self.notifiers} healthy replicas")
+        await self._poll(self._envoy_sees_batch, "Envoy's batch cluster to hold the batch")
 
     async def _envoy_ready(self, session: aiohttp.ClientSession) -> bool:
         async with session.get(f"http://127.0.0.1:{self.ports.envoy_admin}/ready") as response:
@@ -272,6 +275,9 @@ class LocalMesh:
     async def _envoy_sees_notifiers(self, session: aiohttp.ClientSession) -> bool:
         return len(await envoy_healthy_hosts(session, self.ports.envoy_admin, "notifier")) >= \
             self.notifiers
+
+    async def _envoy_sees_batch(self, session: aiohttp.ClientSession) -> bool:
+        return bool(await envoy_healthy_hosts(session, self.ports.envoy_admin, "batch"))
 
     async def _poll(self, probe, what: str, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s

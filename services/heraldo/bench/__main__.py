@@ -1,0 +1,225 @@
+"""``python -m heraldo.bench``: Heraldo end to end against a plain script and the SMTP ceiling.
+
+For each workload: a fresh PostgreSQL database is loaded, Postfix's ``smtp-sink`` is started, and
+the local mesh (Consul, Envoy, control plane, batch, three notifiers) starts on free ports with its
+notifiers pointed at that sink. Then, ``--runs`` times in turn: a job started over REST through
+Envoy's edge, the baseline script, and ``smtp-source`` sending as many messages. One more,
+profiled, Heraldo run follows. Results, plots and profiles go to ``--out`` (var/bench/).
+
+The mesh starts once per workload and serves all its runs (the job tables and delivery log are
+emptied before each): its first run pays for cold connections and caches, which the median over
+runs absorbs, and the peak memory reported is the highest of the whole workload, start-up
+included. The mesh's own development SMTP sink still starts with it and idles, unused.
+
+Exits 0 when every run completed (targets missed are reported, not failures), 1 when a run failed,
+2 when something the benchmark needs is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import os
+import shutil
+import socket
+import sys
+from dataclasses import asdict
+from decimal import Decimal
+from pathlib import Path
+
+from heraldo import logs
+from heraldo.bench import report
+from heraldo.bench.measure import RunResult, mesh_pids, run_baseline, run_ceiling, run_heraldo
+from heraldo.bench.profile import Recording, top_costs
+from heraldo.bench.sink import SmtpSink, postfix_tool
+from heraldo.bench.workloads import SYNTHETIC_INVOICES, WORKLOADS, BenchDatabase, load
+from heraldo.errors import HeraldoError
+from heraldo.mesh.supervisor import LOCAL_POSTGRES, PROJECT_ROOT, LocalMesh, MeshPorts
+from heraldo.notifier.message import Envelope, compose
+from heraldo.notifier.render import Document, Renderer
+from heraldo.settings import load_seed
+
+logger = logging.getLogger("heraldo.bench")
+
+#: Real input lives beside the checkout, never inside it; ``HERALDO_DATA_DIR`` points elsewhere.
+DATA_DIR = Path(os.environ.get("HERALDO_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
+RETAIL_PATH = DATA_DIR / "online-retail" / "online_retail.csv.gz"
+NOTIFIERS = 3
+#: The services profiled in the extra run.
+PROFILED = ("batch", "notifier-1")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sample_message(path: Path, sender: str) -> Path:
+    """A rendered invoice email for smtp-source, the size of what the others send."""
+    rendered = Renderer(company="Heraldo Billing").render("invoice", "en-GB", Document(
+        variant="invoice", invoice_number="581587", customer_name="Customer 12680",
+        amount=Decimal("249.30"), currency="GBP",
+        issue_date=dt.date(2011, 12, 9), due_date=dt.date(2012, 1, 8)))
+    message = compose(Envelope(notification_id="bench.581587", invoice_number="581587",
+                               to_name="Customer 12680",
+                               to_address="customer-12680@example.com", sender=sender), rendered)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # smtp-source ends each line of the file with CRLF itself.
+    path.write_bytes(message.replace(b"\r\n", b"\n"))
+    return path
+
+
+async def bench_workload(workload: str, args: argparse.Namespace, settings: dict[str, str]
+                         ) -> dict:
+    chunk_size = int(settings["config/batch/chunk_size"])
+    sessions = NOTIFIERS * int(settings["config/notifier/smtp_connections"])
+    database = BenchDatabase(args.database_url, workload)
+    await database.create()
+    sink = SmtpSink(free_port())
+    result: dict = {"database": database.name}
+    try:
+        loaded = await load(database, workload, retail_path=args.retail_path,
+                            synthetic_invoices=args.synthetic_invoices)
+        result["load"] = asdict(loaded)
+        sink.start()
+        overrides = {**args.kv, "config/notifier/smtp_host": "127.0.0.1",
+                     "config/notifier/smtp_port": str(sink.port)}
+        workdir = args.out / f"mesh-{workload}"
+        # A Consul data directory left by an earlier run would keep that run's --set values.
+        shutil.rmtree(workdir, ignore_errors=True)
+        mesh = LocalMesh(workdir=workdir, ports=MeshPorts.free(NOTIFIERS),
+                         notifiers=NOTIFIERS, database_url=database.url, kv_overrides=overrides)
+        message_file = sample_message(args.out / "sample-message.eml",
+                                      settings["config/notifier/sender"])
+        runs: list[RunResult] = []
+        async with mesh:
+            for run in range(1, args.runs + 1):
+                heraldo = await run_heraldo(mesh, sink, database, run=run, chunk_size=chunk_size,
+                                            workload=workload)
+                runs.append(heraldo)
+                runs.append(await run_baseline(sink, database, run=run, page_size=chunk_size))
+                runs.append(await run_ceiling(sink, run=run, messages=max(heraldo.sent, 1),
+                                              sessions=sessions, message_file=message_file))
+            if args.profile:
+                result["profile"] = await profiled_run(mesh, sink, database, workload,
+                                                       chunk_size, args.out)
+        result["runs"] = [run.to_json() for run in runs]
+        result["summary"] = report.summarise(runs)
+        plotted = report.plot(args.out / f"throughput-{workload}.png", workload, runs)
+        result["plot"] = str(plotted) if plotted else None
+        result["completed"] = all(
+            run.system != "heraldo" or "JOB_STATUS_COMPLETED" in run.detail for run in runs)
+    finally:
+        sink.stop()
+        if args.keep_database:
+            logger.info("database kept name=%s", database.name)
+        else:
+            await database.drop()
+    return result
+
+
+async def profiled_run(mesh: LocalMesh, sink: SmtpSink, database: BenchDatabase, workload: str,
+                       chunk_size: int, out: Path) -> dict:
+    """One more Heraldo run with py-spy on the batch service and one notifier."""
+    pids = mesh_pids(mesh)
+    recordings = [Recording(name, pids[name], out / f"profile-{workload}-{name}.svg",
+                            out / f"profile-{workload}-{name}.folded").start()
+                  for name in PROFILED]
+    try:
+        run = await run_heraldo(mesh, sink, database, run=0, chunk_size=chunk_size,
+                                workload=workload)
+    finally:
+        for recording in recordings:
+            recording.stop()
+    profile = {"run": {"per_second": round(run.per_second, 1), "sent": run.sent,
+                       "note": "slower than the measured runs: py-spy shares the CPUs"}}
+    for recording in recordings:
+        costs = top_costs(recording.folded_path) if recording.folded_path.exists() else {}
+        profile[recording.name] = {"svg": str(recording.svg_path),
+                                   "folded": str(recording.folded_path), **costs}
+    return profile
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m heraldo.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", choices=(*WORKLOADS, "all"), default="retail",
+                        help="retail (the Online Retail job; default), synthetic (250,000 "
+                             "invoices) or all")
+    parser.add_argument("--runs", type=int, default=3, help="measured runs per system (3)")
+    parser.add_argument("--out", type=Path, default=Path("var") / "bench",
+                        help="where results, plots and profiles go (var/bench)")
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", LOCAL_POSTGRES),
+                        help="PostgreSQL server to create the benchmark databases on "
+                             "(DATABASE_URL, else 127.0.0.1:5432)")
+    parser.add_argument("--retail-path", type=Path, default=RETAIL_PATH,
+                        help="the Online Retail CSV (../shared/data/online-retail/)")
+    parser.add_argument("--synthetic-invoices", type=int, default=SYNTHETIC_INVOICES,
+                        help=f"size of the synthetic set ({SYNTHETIC_INVOICES:,})")
+    parser.add_argument("--no-profile", dest="profile", action="store_false",
+                        help="skip the extra run profiled with py-spy")
+    parser.add_argument("--keep-database", action="store_true",
+                        help="keep the benchmark databases for a look afterwards")
+    parser.add_argument("--set", dest="kv", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Consul KV setting for the mesh, e.g. "
+                             "config/notifier/smtp_connections=8 (repeatable)")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    try:
+        args.kv = dict(item.split("=", 1) for item in args.kv)
+    except ValueError:
+        parser.error("--set takes KEY=VALUE")
+    return args
+
+
+async def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logs.configure("INFO")
+    try:
+        postfix_tool("smtp-sink")
+        postfix_tool("smtp-source")
+    except HeraldoError as exc:
+        print(f"heraldo bench: {exc}", file=sys.stderr)
+        return 2
+    if os.environ.pop("CONSUL_HTTP_ADDR", None):
+        # The mesh gets its own Consul: the KV overrides must not reach anyone else's.
+        logger.info("ignoring CONSUL_HTTP_ADDR: the benchmark starts its own Consul")
+    settings = {**load_seed(), **args.kv}
+    workloads = WORKLOADS if args.workload == "all" else (args.workload,)
+    started = dt.datetime.now(dt.UTC)
+    document = {
+        "started": started.isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
+        "settings": {"runs": args.runs, "notifiers": NOTIFIERS, "kv": args.kv,
+                     "chunk_size": settings["config/batch/chunk_size"],
+                     "smtp_connections_per_notifier":
+                         settings["config/notifier/smtp_connections"]},
+        "workloads": {},
+    }
+    try:
+        for workload in workloads:
+            document["workloads"][workload] = await bench_workload(workload, args, settings)
+    except HeraldoError as exc:
+        print(f"heraldo bench: {exc}", file=sys.stderr)
+        return 2
+    summaries = {name: result["summary"] for name, result in document["workloads"].items()}
+    document["targets"] = report.targets(summaries)
+
+    path = args.out / f"results-{started.strftime('%Y%m%d-%H%M%S')}.json"
+    report.write_json(path, document)
+    shutil.copyfile(path, args.out / "results.json")
+    print(report.table(summaries))
+    for check in document["targets"]:
+        verdict = {True: "met", False: "MISSED", None: "n/a"}[check["met"]]
+        print(f"  target {verdict:6s} {check['target']}: {check['measured']}")
+    print(f"results: {path}")
+    completed = all(result.get("completed") for result in document["workloads"].values())
+    return 0 if completed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

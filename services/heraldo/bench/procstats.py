@@ -1,0 +1,50 @@
+"""What a process cost: peak resident memory and CPU seconds, read from Linux's ``/proc``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    pid: int
+    #: ``VmHWM``: the most resident memory the process has held since it started.
+    peak_rss_kb: int
+    #: User plus system CPU since the process started.
+    cpu_s: float
+
+
+def sample(pid: int) -> ProcessSample | None:
+    """The process's figures now; None when it has gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            peak_kb = next((int(line.split()[1]) for line in status
+                            if line.startswith("VmHWM:")), 0)
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            # The command name may hold spaces and parentheses: the fields start after the last ")".
+            fields = stat.read().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # utime and stime are fields 14 and 15 of stat(5); fields here start at field 3.
+    ticks = int(fields[11]) + int(fields[12])
+    return ProcessSample(pid=pid, peak_rss_kb=peak_kb, cpu_s=ticks / CLOCK_TICKS_PER_S)
+
+
+def sample_all(pids: dict[str, int]) -> dict[str, ProcessSample]:
+    """Figures of the named processes still running."""
+    found = {}
+    for name, pid in pids.items():
+        taken = sample(pid)
+        if taken is not None:
+            found[name] = taken
+    return found
+
+
+def cpu_used(before: dict[str, ProcessSample], after: dict[str, ProcessSample]
+             ) -> dict[str, float]:
+    """CPU seconds each process spent between two samples."""
+    return {name: round(after[name].cpu_s - before[name].cpu_s, 3)
+            for name in after if name in before}

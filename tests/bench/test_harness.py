@@ -1,0 +1,173 @@
+"""The benchmark's pieces on tiny inputs: data generation and COPY, the sink's counter and
+smtp-source, the baseline script, the latency reconstruction, profiles and the report.
+
+Full benchmarks never run here: ``make bench`` does that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import time
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from heraldo.bench import baseline, procstats, report
+from heraldo.bench.__main__ import free_port, sample_message
+from heraldo.bench.measure import RunResult, chunk_latencies
+from heraldo.bench.profile import top_costs
+from heraldo.bench.sink import SmtpSink, run_smtp_source
+from heraldo.bench.workloads import copy_synthetic, generate_synthetic, plain_url
+
+
+def wait_for(predicate, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture
+def sink():
+    if shutil.which("smtp-sink") is None and not os.path.exists("/usr/sbin/smtp-sink"):
+        pytest.skip("Postfix's smtp-sink is not installed (apt-get install postfix)")
+    running = SmtpSink(free_port()).start()
+    yield running
+    running.stop()
+
+
+def test_synthetic_data_is_deterministic_and_varied():
+    first = generate_synthetic(600, seed=3)
+    second = generate_synthetic(600, seed=3)
+
+    assert first == second
+    assert len(first.invoices) == 600
+    assert len(first.customers) == 100
+    locales = {customer[3] for customer in first.customers}
+    assert {"en-GB", "es-ES"} <= locales
+    assert all(isinstance(row[6], Decimal) and row[6].as_tuple().exponent == -2
+               for row in first.invoices)
+    assert {row[1] for row in first.invoices} == {"invoice", "credit_note"}
+    assert generate_synthetic(600, seed=4) != first
+
+
+async def test_synthetic_rows_load_with_copy(database_url):
+    data = generate_synthetic(300, seed=1)
+
+    await copy_synthetic(database_url, data)
+
+    conn = await asyncpg.connect(plain_url(database_url))
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM invoices") == 300
+        assert await conn.fetchval("SELECT count(*) FROM customers") == 50
+        assert await conn.fetchval("SELECT min(id) FROM invoices") == 1
+    finally:
+        await conn.close()
+
+
+def test_process_figures_come_from_proc():
+    own = procstats.sample(os.getpid())
+
+    assert own is not None and own.peak_rss_kb > 0 and own.cpu_s > 0
+    assert procstats.sample(2 ** 22 + 1) is None
+
+
+def test_sink_counts_what_smtp_source_sends(sink, tmp_path):
+    message = sample_message(tmp_path / "message.eml", "Billing <billing@heraldo.invalid>")
+    sink.watch_first()
+
+    run = run_smtp_source(sink.port, messages=25, sessions=2, message_file=message)
+
+    assert run.messages == 25
+    assert wait_for(lambda: sink.count == 25)
+    assert sink.first_at is not None
+
+
+async def test_baseline_sends_each_notifiable_invoice_once(sink, database_url):
+    data = generate_synthetic(120, seed=5)
+    await copy_synthetic(database_url, data)
+    usable = {customer[0] for customer in data.customers
+              if baseline.usable_address(customer[2]) is not None}
+    expected = sum(1 for row in data.invoices
+                   if row[8] == "open" and row[1] == "invoice" and row[2] in usable)
+
+    result = await baseline.run(plain_url(database_url), sink.port, page_size=7)
+
+    assert result["sent"] == expected
+    assert len(result["latencies_s"]) == expected
+    assert wait_for(lambda: sink.count == expected)
+
+
+async def test_chunk_latencies_rebuild_chunks_from_outcomes(database_url):
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    conn = await asyncpg.connect(plain_url(database_url))
+    try:
+        # Two chunks of two: invoice 1 skipped, 2 in chunk 0; 3 and 4 in chunk 1.
+        outcomes = [(1, "n1", "skipped"), (2, "n2", "sent"), (3, "n3", "sent"), (4, "n4", "sent")]
+        await conn.executemany(
+            "INSERT INTO job_outcomes (instance_id, invoice_id, execution_id, notification_id,"
+            " outcome) VALUES ('ji', $1, 'job-x', $2, $3)", outcomes)
+        claims = {"n2": (0.0, 0.5), "n3": (1.0, 1.2), "n4": (1.1, 1.6)}
+        await conn.executemany(
+            "INSERT INTO deliveries (notification_id, status, message_id, replica_id,"
+            " create_time, update_time) VALUES ($1, 'sent', $1, 'r', $2, $3)",
+            [(name, start + dt.timedelta(seconds=claimed), start + dt.timedelta(seconds=done))
+             for name, (claimed, done) in claims.items()])
+    finally:
+        await conn.close()
+
+    lower, upper = await chunk_latencies(plain_url(database_url), "job-x", 2)
+
+    assert sorted(lower) == pytest.approx([0.2, 0.5, 0.6])
+    # Chunk 1 starts no earlier than chunk 0's last acceptance, at 0.5 s.
+    assert sorted(upper) == pytest.approx([0.5, 0.7, 1.1])
+
+
+def test_top_costs_split_own_and_total_samples(tmp_path):
+    folded = tmp_path / "profile.folded"
+    folded.write_text(
+        "process 1:\"python\";main (app.py:3);render (heraldo/notifier/render.py:10) 30\n"
+        "process 1:\"python\";main (app.py:3);send (aiosmtplib/smtp.py:99) 10\n")
+
+    costs = top_costs(folded)
+
+    assert costs["samples"] == 40
+    assert costs["self"][0] == {"function": "render (heraldo/notifier/render.py)",
+                                "samples": 30, "percent": 75.0}
+    assert costs["total"][0]["function"] == "main (app.py)"
+
+
+def three_runs() -> list[RunResult]:
+    return [
+        RunResult("heraldo", run, sent=1000, elapsed_s=seconds, first_email_s=0.4,
+                  cpu_s={"batch": 1.0, "notifier-1": 2.0, "consul": 5.0},
+                  peak_rss_mb={"batch": 90.0, "notifier-1": 95.0},
+                  samples=[(0.0, 0), (0.5, 400), (1.0, 1000)])
+        for run, seconds in ((1, 1.0), (2, 2.0), (3, 4.0))
+    ] + [RunResult("baseline", 1, sent=1000, elapsed_s=2.0, samples=[(0.0, 0), (2.0, 1000)])]
+
+
+def test_report_summarises_and_checks_targets():
+    summary = report.summarise(three_runs())
+    checks = report.targets({"retail": summary})
+
+    assert summary["heraldo"]["per_second"] == 500.0
+    # Consul is not on the data path: 3 CPU seconds per 1,000 emails, not 8.
+    assert summary["heraldo"]["cpu_s_per_1000"] == 3.0
+    assert summary["heraldo_over_baseline"] == 1.0
+    assert {check["target"]: check["met"] for check in checks}[
+        "time to first email < 1 s (retail)"] is True
+
+
+def test_report_plots_throughput_over_time(tmp_path):
+    # matplotlib comes with the bench extra, which make bench installs and CI does not.
+    pytest.importorskip("matplotlib")
+
+    path = report.plot(tmp_path / "plot.png", "retail", three_runs())
+
+    assert path is not None and path.stat().st_size > 0
