@@ -9,10 +9,13 @@ SIGINT turns health to NOT_SERVING, deregisters, drains in-flight RPCs and retur
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime as dt
 import inspect
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -24,11 +27,12 @@ from typing import TypeVar
 import aiohttp
 import consul
 import grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
-from heraldo.errors import HeraldoError, Unavailable
+from heraldo.errors import HeraldoError, InvalidArgument, Unavailable
 from heraldo.registry import ConsulAddress, ServiceRegistration, read_kv_tree
 from heraldo.settings import load_seed, resolve
 
@@ -41,6 +45,10 @@ CONSUL_TIMEOUT_S = 5.0
 
 RPC_TOTAL = Counter("heraldo_rpc_total", "RPCs handled", ["method", "code"])
 RPC_SECONDS = Histogram("heraldo_rpc_seconds", "RPC duration", ["method"])
+
+#: Set by Envoy's edge on REST requests: the JSON body as the client sent it, base64-encoded.
+JSON_BODY_HEADER = "x-heraldo-json-body"
+UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)" at "([^"]+)"')
 
 #: Health and reflection calls come every few seconds from Consul and grpcurl; not worth a line.
 QUIET_METHOD_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
@@ -145,6 +153,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         async def unary(request, context):
             started = time.perf_counter()
             try:
+                refuse_unknown_json_fields(request, context)
                 return await behavior(request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
@@ -172,6 +181,34 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 self._record(context, method, started, quiet)
 
         return stream
+
+
+def refuse_unknown_json_fields(request, context) -> None:
+    """Raises InvalidArgument for a REST body field the request message does not have.
+
+    Envoy's transcoder silently drops such fields, so a misspelt ``chunkSize`` would run a job
+    with the default. The edge passes the body as sent in ``x-heraldo-json-body`` (base64);
+    parsing it strictly names the field the transcoder dropped.
+    """
+    if not hasattr(request, "DESCRIPTOR"):
+        return
+    encoded = next((value for key, value in context.invocation_metadata() or ()
+                    if key == JSON_BODY_HEADER), None)
+    if not encoded:
+        return
+    try:
+        json_format.Parse(base64.b64decode(encoded), type(request)(),
+                          ignore_unknown_fields=False)
+    except json_format.ParseError as exc:
+        unknown = UNKNOWN_FIELD.search(str(exc))
+        if unknown:
+            # "at" names the enclosing message as Type.field.field: keep the field path only.
+            name, where = unknown.groups()
+            parents = where.split(".")[1:]
+            raise InvalidArgument(".".join([*parents, name]), "unknown field") from exc
+    except (ValueError, binascii.Error):
+        # Not JSON or not base64: the transcoder has already judged the body it could read.
+        return
 
 
 @dataclass

@@ -122,3 +122,17 @@ def test_job_control_without_credentials_is_401_and_starts_nothing(mesh):
     after = httpx.get(f"{mesh.edge_url}/v1/jobs", headers=auth).json().get("jobs", [])
     assert len(after) == len(before)
     assert all(job.get("jobName") != "no-credentials" for job in after)
+
+
+def test_unknown_fields_in_a_rest_body_are_refused_by_name(mesh):
+    misspelt = httpx.post(f"{mesh.edge_url}/v1/jobs", headers=mesh.auth_headers,
+                          json={"jobName": "typo", "parameters": {"chunkSise": 5}})
+    top_level = httpx.post(f"{mesh.edge_url}/v1/jobs", headers=mesh.auth_headers,
+                           json={"jobName": "typo", "priority": "high"})
+    listed = httpx.get(f"{mesh.edge_url}/v1/jobs", headers=mesh.auth_headers).json()
+
+    assert misspelt.status_code == 400
+    assert misspelt.json()["message"] == "parameters.chunkSise: unknown field"
+    assert top_level.status_code == 400
+    assert top_level.json()["message"] == "priority: unknown field"
+    assert all(job["jobName"] != "typo" for job in listed.get("jobs", []))
