@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from heraldo import db
+from heraldo.mesh.supervisor import LocalMesh, MeshPorts
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -86,28 +87,55 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+async def _admin(server_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _database_url(server_url: str, name: str) -> str:
+    return sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
 @pytest.fixture
 def make_database(postgres_server: str) -> Iterator:
     """Creates throwaway databases; each is dropped when the test ends. Returns its plain URL."""
     created: list[str] = []
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(postgres_server)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
     async def create() -> str:
         name = f"heraldo_test_{uuid.uuid4().hex[:10]}"
-        await admin(f'CREATE DATABASE "{name}"')
+        await _admin(postgres_server, f'CREATE DATABASE "{name}"')
         created.append(name)
-        return str(sa.engine.make_url(postgres_server).set(database=name).render_as_string(
-            hide_password=False))
+        return _database_url(postgres_server, name)
 
     yield create
     for name in created:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(_admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module")
+def mesh_database(postgres_server: str) -> Iterator[str]:
+    """An empty database for one test module's mesh, dropped after the module."""
+    name = f"heraldo_mesh_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(postgres_server, f'CREATE DATABASE "{name}"'))
+    yield _database_url(postgres_server, name)
+    asyncio.run(_admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory, mesh_database) -> Iterator[LocalMesh]:
+    """The whole local mesh as real processes (Consul stand-in, Envoy, control plane, batch,
+    three notifiers, SMTP sink, console) on free ports, one per test module."""
+    local = LocalMesh(workdir=tmp_path_factory.mktemp("mesh"), ports=MeshPorts.free(),
+                      database_url=mesh_database)
+    # Consul is started by the mesh itself, on its own port, whatever the environment says.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("CONSUL_HTTP_ADDR", raising=False)
+        asyncio.run(local.start())
+    yield local
+    local.stop()
 
 
 @pytest.fixture

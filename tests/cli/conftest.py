@@ -1,4 +1,4 @@
-"""The whole local mesh (see tests/mesh/conftest.py) with the demo invoices loaded, for the CLI."""
+"""The whole local mesh (the mesh fixture of tests/conftest.py) with demo invoices, for the CLI."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from heraldo import db
 from heraldo.importer import load_demo
-from tests.mesh.conftest import mesh, mesh_database  # noqa: F401 - fixtures used here
 
 #: Small enough to run in seconds, large enough to reach every replica and every skip reason.
 DEMO_INVOICES = 300

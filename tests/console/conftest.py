@@ -8,7 +8,6 @@ import shutil
 import pytest
 
 from tests.cli.conftest import edge_credentials, load_invoices
-from tests.mesh.conftest import mesh, mesh_database  # noqa: F401 - fixtures used here
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: A quiet, sandbox-free headless Chromium: it must not reach anything beyond 127.0.0.1.

@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
-import sqlalchemy as sa
 
 from heraldo import db
 from heraldo.importer import load_demo
@@ -33,31 +31,14 @@ JOB_TIMEOUT_S = 240.0
 
 
 @pytest.fixture(scope="module")
-def drill_database(postgres_server: str):
-    name = f"heraldo_drills_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(postgres_server)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield sa.engine.make_url(postgres_server).set(database=name).render_as_string(
-        hide_password=False)
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture(scope="module")
-def drill_mesh(tmp_path_factory, drill_database):
+def drill_mesh(tmp_path_factory, mesh_database):
     """One mesh for every drill of a module, with the demo invoices loaded once.
 
     Each drill leaves the mesh whole again (what it stopped is started again), so the next one
     starts from three (or more) healthy replicas.
     """
     mesh = LocalMesh(workdir=tmp_path_factory.mktemp("drill-mesh"), ports=MeshPorts.free(),
-                     database_url=drill_database)
+                     database_url=mesh_database)
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("CONSUL_HTTP_ADDR", raising=False)
         asyncio.run(mesh.start())

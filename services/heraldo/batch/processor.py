@@ -32,8 +32,9 @@ def address_problem(address: str | None) -> str:
     if not address:
         return NO_ADDRESS
     try:
-        # Syntax only: a DNS lookup per customer would cost more than sending the mail.
-        validate_email(address, check_deliverability=False)
+        # Syntax only: a DNS lookup per customer would cost more than sending the mail. A
+        # non-ASCII local part is allowed: the notifier sends it where the server offers SMTPUTF8.
+        validate_email(address, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError:
         return INVALID_ADDRESS
     return ""

@@ -9,6 +9,12 @@ A connection whose transaction failed is reset (RSET) or, when that is not certa
 dropped, so the next message starts clean; a dropped connection is opened again on its next use.
 A connection carries at most ``max_messages_per_connection`` messages and is then closed politely
 (QUIT) and opened again, because some providers answer "421 too many messages" past their limit.
+
+An address with a non-ASCII local part (``josé@example.com``) can only travel with the SMTPUTF8
+extension (RFC 6531): such a message is sent with ``MAIL FROM:<...> SMTPUTF8`` when the server
+offers it, and is a permanent failure otherwise, as no ASCII spelling of the address exists.
+Configuration faults of the link itself (STARTTLS required but not offered, AUTH refused) are
+reported with a reason that names the setting, never worked around by sending in clear text.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 
 import aiosmtplib
 from aiosmtplib import (
+    SMTPAuthenticationError,
     SMTPConnectResponseError,
     SMTPException,
     SMTPRecipientsRefused,
@@ -40,6 +47,8 @@ SMTP_SECONDS = Histogram(
 
 #: 421 means the server is closing the connection: the reply is temporary and the link is gone.
 SERVICE_CLOSING = 421
+
+NO_SMTPUTF8 = "recipient needs SMTPUTF8, which the server does not offer"
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,14 @@ def classify(code: int, text: str) -> Outcome:
 
 class _StaleConnection(SMTPServerDisconnected):
     """A reused connection turned out closed before anything of the message was sent."""
+
+
+class _LinkMisconfigured(SMTPException):
+    """The server cannot give the link the settings ask for (STARTTLS, AUTH): nothing was sent.
+
+    Reported as a temporary failure without retrying here: the batch tries again later, which
+    succeeds once the server or ``smtp_tls``/``smtp_username`` are put right.
+    """
 
 
 class _MaybeDelivered(SMTPException):
@@ -159,12 +176,22 @@ class Mailer:
                 self._carried[id(smtp)] = 0
                 try:
                     await smtp.connect()
+                except SMTPException as exc:
+                    smtp.close()
+                    if isinstance(exc, SMTPResponseException) or "not supported" not in str(exc):
+                        raise
+                    # aiosmtplib says "STARTTLS extension not supported" or "AUTH extension
+                    # not supported" with a bare SMTPException: name the setting behind it.
+                    raise _LinkMisconfigured(
+                        f"smtp_tls={self.target.tls} username={self.target.username!r} "
+                        f"cannot be honoured: {exc}; nothing was sent") from exc
                 except BaseException:
                     smtp.close()
                     raise
             yield smtp, reused
-        except (SMTPResponseException, SMTPRecipientsRefused):
-            # A refused transaction: _attempt has already reset or dropped the session.
+        except (SMTPResponseException, SMTPRecipientsRefused, _LinkMisconfigured):
+            # A refused transaction (_attempt has already reset or dropped the session), or a
+            # connection already closed above.
             raise
         except BaseException:
             # Whatever broke (or a cancellation mid-command) leaves the session in an unknown
@@ -213,6 +240,14 @@ class Mailer:
         except SMTPRecipientsRefused as exc:
             refused = exc.recipients[0]
             return classify(refused.code, refused.message), True
+        except SMTPAuthenticationError as exc:
+            # Wrong credentials fail every message the same way; retrying here cannot help.
+            return Outcome(pb.DELIVERY_STATUS_PERMANENT_FAILURE, exc.code,
+                           f"smtp {self.host}:{self.port} refused AUTH for user "
+                           f"{self.target.username!r}: {exc.code} {exc.message}"), True
+        except _LinkMisconfigured as exc:
+            return Outcome(pb.DELIVERY_STATUS_TEMPORARY_FAILURE, 0,
+                           f"smtp {self.host}:{self.port}: {exc}"), False
         except SMTPConnectResponseError as exc:
             # A refusing greeting says the server is unwilling now, not that this mail is bad.
             return Outcome(pb.DELIVERY_STATUS_TEMPORARY_FAILURE, exc.code,
@@ -231,11 +266,24 @@ class Mailer:
     async def _attempt(self, sender: str, recipients: Sequence[str], message: bytes) -> Outcome:
         """One transaction on a pooled connection. Raises the SMTP or network error as is."""
         data_started = False
+        needs_smtputf8 = not sender.isascii() or not all(r.isascii() for r in recipients)
         async with self._connection() as (smtp, reused):
+            mail_options: list[str] = []
+            encoding = "ascii"
+            if needs_smtputf8:
+                if smtp.is_ehlo_or_helo_needed:
+                    await smtp.ehlo()
+                if not smtp.supports_extension("smtputf8"):
+                    return Outcome(pb.DELIVERY_STATUS_PERMANENT_FAILURE, 0, NO_SMTPUTF8)
+                # The headers carry the address in raw UTF-8, so the body is 8-bit (RFC 6532).
+                mail_options = ["SMTPUTF8"]
+                if smtp.supports_extension("8bitmime"):
+                    mail_options.append("BODY=8BITMIME")
+                encoding = "utf-8"
             started = time.perf_counter()
             try:
                 try:
-                    await smtp.mail(sender)
+                    await smtp.mail(sender, options=mail_options, encoding=encoding)
                 except SMTPResponseException as exc:
                     # 421 at MAIL on a reused link: the server hung up (a per-connection limit
                     # or an idle timeout) before anything of this message was taken.
@@ -246,7 +294,7 @@ class Mailer:
                 refused = []
                 for recipient in recipients:
                     try:
-                        await smtp.rcpt(recipient)
+                        await smtp.rcpt(recipient, encoding=encoding)
                     except aiosmtplib.SMTPRecipientRefused as exc:
                         refused.append(exc)
                 if len(refused) == len(recipients):

@@ -4,6 +4,10 @@ Building an ``email.message.EmailMessage`` and flattening it costs over 2 ms of 
 which caps a process near 400 emails per second before any network work. The layout here is
 fixed (two UTF-8 text parts), so the bytes are assembled directly and only the parts that need
 care (encoded words in headers, quoted-printable bodies, dates) use the stdlib's helpers.
+
+The bytes are 7-bit clean, except for a recipient whose address has a non-ASCII local part: that
+address can only be written in UTF-8 (RFC 6532), and the mailer sends such a message with
+SMTPUTF8 or not at all.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ MESSAGE_ID_DOMAIN = "heraldo"
 CRLF = "\r\n"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _BLANKS = re.compile(r"[ \t]+")
+_SPECIALS = re.compile(r'[][\\()<>@,:;".]')
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 
 
@@ -54,7 +59,20 @@ def _header_text(name: str, value: str) -> str:
 
 
 def _mailbox(name: str, address: str) -> str:
-    return formataddr((" ".join(_CONTROL.sub(" ", name).split()), address), charset="utf-8")
+    name = " ".join(_CONTROL.sub(" ", name).split())
+    if address.isascii():
+        return formataddr((name, address), charset="utf-8")
+    # formataddr refuses a non-ASCII address; under SMTPUTF8 it is written as it is, while the
+    # name keeps the form every reader understands (an encoded word, or a quoted string).
+    if not name:
+        return address
+    if not name.isascii():
+        shown = Header(name, "utf-8").encode(linesep=CRLF)
+    elif _SPECIALS.search(name):
+        shown = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    else:
+        shown = name
+    return f"{shown} <{address}>"
 
 
 @functools.lru_cache(maxsize=16)
@@ -84,7 +102,10 @@ class Envelope:
 
 def compose(envelope: Envelope, rendered: RenderedEmail, *,
             date: dt.datetime | None = None) -> bytes:
-    """The full message, CRLF line endings, 7-bit clean, ready for SMTP DATA."""
+    """The full message, CRLF line endings, ready for SMTP DATA.
+
+    7-bit clean unless the recipient's address is not ASCII (see the module's docstring).
+    """
     date = date or dt.datetime.now(dt.UTC)
     message_id = message_id_for(envelope.notification_id)
     # Quoted-printable writes every "=" as "=3D", so a boundary starting "=_" can never occur
@@ -110,7 +131,7 @@ def compose(envelope: Envelope, rendered: RenderedEmail, *,
     part_headers = "Content-Type: text/{kind}; charset=utf-8" + CRLF \
         + "Content-Transfer-Encoding: quoted-printable" + CRLF + CRLF
 
-    head = (CRLF.join(headers) + CRLF + CRLF).encode("ascii")
+    head = (CRLF.join(headers) + CRLF + CRLF).encode("utf-8")
     delimiter = f"--{boundary}{CRLF}".encode("ascii")
     return b"".join((
         head,

@@ -373,10 +373,11 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
         if not request.HasField("recipient") or not recipient.email:
             raise InvalidArgument("recipient.email", "is required")
         try:
-            # Without SMTPUTF8 a non-ASCII local part cannot be sent; an internationalised
-            # domain is fine, as its ASCII (IDNA) form.
-            address = validate_email(recipient.email, check_deliverability=False,
-                                     allow_smtputf8=False).ascii_email
+            # An internationalised domain goes as its ASCII (IDNA) form; a non-ASCII local part
+            # has none, so it stays UTF-8 and the mailer needs the server's SMTPUTF8 for it.
+            valid = validate_email(recipient.email, check_deliverability=False,
+                                   allow_smtputf8=True)
+            address = valid.ascii_email or f"{valid.local_part}@{valid.ascii_domain}"
         except EmailNotValidError as exc:
             raise InvalidArgument("recipient.email", str(exc)) from exc
         if len(recipient.name) > MAX_NAME_CHARS:
