@@ -59,6 +59,8 @@ HTTP_TIMEOUT_S = 30.0
 WATCH_POLL_S = 0.5
 DEFAULT_EDGE_URL = "http://127.0.0.1:8080"
 DEFAULT_CREDENTIALS = Path("var") / "credentials.json"
+#: Written by the local mesh (make up / make run): its edge, Consul and database addresses.
+LOCAL_MESH_FILE = Path("var") / "mesh.json"
 TERMINAL = ("JOB_STATUS_COMPLETED", "JOB_STATUS_FAILED", "JOB_STATUS_STOPPED")
 BAR_WIDTH = 30
 EXIT_OK, EXIT_NOT_DONE, EXIT_ERROR = 0, 1, 2
@@ -83,7 +85,8 @@ def read_token(credentials: str | None) -> str:
     """
     for name in ("HERALDO_TOKEN", "HERALDO_API_KEY"):
         if os.environ.get(name, "").strip():
-            return os.environ[name].strip()
+            # The credentials file's "authorization" value carries the scheme; accept it too.
+            return os.environ[name].strip().removeprefix("Bearer ").strip()
     path = Path(credentials) if credentials else DEFAULT_CREDENTIALS
     if not path.exists():
         if credentials:
@@ -684,18 +687,39 @@ def dispatch(args: argparse.Namespace) -> int:
     return run_config(args, consul_api(args))
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["import"]:
-        return run_import(argv[1:])
-    args = build_parser().parse_args(argv)
+def use_local_mesh_addresses(path: Path = LOCAL_MESH_FILE) -> None:
+    """Takes the edge, Consul and database of the mesh ``make up`` runs here (``var/mesh.json``)
+    as defaults, so moved ports need no flags; the environment still wins."""
     try:
+        mesh = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    defaults = (("HERALDO_EDGE_URL", "edge_url"), ("CONSUL_HTTP_ADDR", "consul_http_addr"),
+                ("DATABASE_URL", "database_url"))
+    for variable, key in defaults:
+        if isinstance(mesh.get(key), str) and mesh[key]:
+            os.environ.setdefault(variable, mesh[key])
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        # Only for a real command line: tests and embedders pass argv and their own environment.
+        use_local_mesh_addresses()
+        argv = sys.argv[1:]
+    try:
+        if argv[:1] == ["import"]:
+            return run_import(argv[1:])
+        args = build_parser().parse_args(argv)
         return dispatch(args)
     except HeraldoError as exc:
         print(f"heraldo: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader (head, less) went away: not an error worth a traceback.
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -139,6 +139,11 @@ async def test_stop_then_restart_resumes_from_the_checkpoint(engine, notifier, b
     assert finished.counts.processed == len(expected)
     assert set(notifier.received.values()) == {1}
     assert await outcomes(engine) == expected
+    # The stopped run, shown after the restart, still adds up on its own
+    shown = await batch.GetJob(batch_pb2.GetJobRequest(job_id=started.job_id))
+    assert sum(shown.sent_by_replica.values()) == shown.counts.sent
+    assert sum(shown.reasons.values()) == shown.counts.skipped + shown.counts.failed
+    assert sum(finished.reasons.values()) == finished.counts.skipped + finished.counts.failed
 
 
 async def test_list_jobs_pages_newest_first(engine, batch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 import pytest
@@ -102,3 +103,25 @@ def test_the_original_commands_are_still_there(capsys):
     out = capsys.readouterr().out
     for command in ("jobs", "send", "mesh", "config", "import", "setup", "probe"):
         assert command in out
+
+
+def test_the_local_meshs_addresses_are_defaults_the_environment_overrides(tmp_path, monkeypatch):
+    mesh_file = tmp_path / "mesh.json"
+    mesh_file.write_text(json.dumps({
+        "edge_url": "http://127.0.0.1:8081", "consul_http_addr": "127.0.0.1:8501",
+        "database_url": "postgresql://postgres@127.0.0.1:5432/heraldo_x"}))
+    for variable in ("HERALDO_EDGE_URL", "CONSUL_HTTP_ADDR", "DATABASE_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", "127.0.0.1:9999")
+
+    cli.use_local_mesh_addresses(mesh_file)
+
+    assert os.environ["HERALDO_EDGE_URL"] == "http://127.0.0.1:8081"
+    assert os.environ["CONSUL_HTTP_ADDR"] == "127.0.0.1:9999"
+    assert os.environ["DATABASE_URL"] == "postgresql://postgres@127.0.0.1:5432/heraldo_x"
+
+
+def test_a_token_given_with_its_scheme_is_accepted(monkeypatch):
+    monkeypatch.setenv("HERALDO_TOKEN", "Bearer abc.def.ghi")
+
+    assert cli.read_token(None) == "abc.def.ghi"

@@ -543,17 +543,24 @@ class JobRepository:
                 stop_requested=True, status=STOPPING))
         return await self.get(execution_id)
 
-    async def breakdown(self, instance_id: str) -> tuple[dict[str, int], dict[str, int]]:
-        """Skipped and failed invoices by reason, and sent ones by replica, for the instance."""
+    async def breakdown(self, execution: Execution) -> tuple[dict[str, int], dict[str, int]]:
+        """Skipped and failed invoices by reason, and sent ones by replica, up to and including
+        ``execution``: the same span as its counts, which carry over from the executions it
+        restarted, and never a later restart's."""
         outcomes = job_outcomes.c
+        so_far = sa.select(job_executions.c.id).where(
+            job_executions.c.instance_id == execution.instance_id,
+            job_executions.c.create_time <= execution.create_time)
         async with self.engine.connect() as conn:
             reasons = await conn.execute(
                 sa.select(outcomes.reason, sa.func.count()).where(
-                    outcomes.instance_id == instance_id,
+                    outcomes.instance_id == execution.instance_id,
+                    outcomes.execution_id.in_(so_far),
                     outcomes.outcome.in_(("skipped", "failed"))).group_by(outcomes.reason))
             replicas = await conn.execute(
                 sa.select(outcomes.replica_id, sa.func.count()).where(
-                    outcomes.instance_id == instance_id,
+                    outcomes.instance_id == execution.instance_id,
+                    outcomes.execution_id.in_(so_far),
                     outcomes.outcome == "sent").group_by(outcomes.replica_id))
             return ({reason: count for reason, count in reasons},
                     {replica: count for replica, count in replicas})

@@ -150,7 +150,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
 
     async def _job(self, job_id: str) -> batch_pb2.Job:
         execution = await self.repository.get(job_id)
-        reasons, replicas = await self.repository.breakdown(execution.instance_id)
+        reasons, replicas = await self.repository.breakdown(execution)
         return job_to_proto(execution, reasons, replicas,
                             await self.repository.steps(execution.id))
 

@@ -10,6 +10,8 @@ exits.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -37,6 +39,8 @@ DESCRIPTOR_PATH = PROJECT_ROOT / "envoy" / "heraldo.pb"
 #: points elsewhere (an unused port makes the mesh fall back to the embedded database).
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 STARTUP_TIMEOUT_S = 60.0
+#: Written to the workdir once the mesh is up: its addresses, read by the heraldo CLI.
+MESH_FILE = "mesh.json"
 
 
 class MeshError(HeraldoError):
@@ -87,6 +91,8 @@ def _free_port() -> int:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:
+        # A port whose last connections linger in TIME_WAIT is free for a listener.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -144,9 +150,12 @@ class LocalMesh:
         self.stop()
 
     async def start(self) -> None:
+        """Raises MeshError naming the component (or the taken port) that did not start."""
+        self._check_ports_free()
         self.workdir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        self.database_url = await choose_database(self.database_url) or (
+        self.database_url = await choose_database(
+            self.database_url, name=database_name_for(self.workdir)) or (
             f"sqlite+aiosqlite:///{(self.workdir / 'heraldo.db').resolve()}")
         self.database_description = db.describe(db.database_url(self.database_url))
         await self._start_consul()
@@ -177,9 +186,39 @@ class LocalMesh:
                         HERALDO_INSTANCE_ID=replica)
 
         await self._wait_until_healthy()
+        self._write_address_book()
         logger.info("mesh ready in %.1f s (database: %s; consul: %s)",
                     time.perf_counter() - started, self.database_description,
                     self.consul_description)
+
+    def _check_ports_free(self) -> None:
+        """Every port this mesh will listen on must be free before anything starts.
+
+        Envoy binds with SO_REUSEPORT, so a second Envoy on a taken port would start and share
+        it silently; and a second Consul stand-in would fail only after the first mesh's KV was
+        rewritten. Checking first turns both into one line naming the setting to change.
+        """
+        wanted = [(item.name, getattr(self.ports, item.name)) for item in fields(self.ports)
+                  if item.name != "first_notifier"]
+        wanted += [("first_notifier", self.ports.first_notifier + index)
+                   for index in range(self.notifiers)]
+        if os.environ.get("CONSUL_HTTP_ADDR"):
+            wanted = [(name, port) for name, port in wanted if name != "consul"]
+        taken = [f"{port} (HERALDO_{name.upper()}_PORT)" for name, port in wanted
+                 if not _port_is_free(port)]
+        if taken:
+            raise MeshError(
+                f"port {', '.join(taken)} already in use on 127.0.0.1: stop what holds it "
+                "(another mesh?) or move it with the variable named")
+
+    def _write_address_book(self) -> None:
+        """``mesh.json`` in the workdir: where this mesh answers, for the heraldo CLI."""
+        (self.workdir / MESH_FILE).write_text(json.dumps({
+            "edge_url": self.edge_url,
+            "consul_http_addr": f"{self.consul_address.host}:{self.consul_address.port}",
+            "database_url": self.database_url,
+            "credentials": str((self.workdir / "credentials.json").resolve()),
+        }, indent=2) + "\n")
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str], **extra: str) -> Child:
         child = Child(name, argv, self.workdir / "logs" / f"{name}.log", env=extra)
@@ -381,8 +420,14 @@ async def envoy_healthy_hosts(session: aiohttp.ClientSession, admin_port: int,
     return healthy
 
 
-async def choose_database(configured: str = "") -> str:
-    """``DATABASE_URL``, else a local PostgreSQL server (database ``heraldo``), else embedded.
+def database_name_for(workdir: Path) -> str:
+    """One database per mesh working directory: two checkouts on one machine never share jobs."""
+    digest = hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:8]
+    return f"heraldo_{digest}"
+
+
+async def choose_database(configured: str = "", *, name: str = "heraldo") -> str:
+    """``DATABASE_URL``, else a local PostgreSQL server (database ``name``), else embedded.
 
     Returns the URL to give the services; an empty string means the embedded SQLite database.
     """
@@ -400,9 +445,9 @@ async def choose_database(configured: str = "") -> str:
                     server, exc)
         return ""
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'heraldo'")
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
-            await conn.execute("CREATE DATABASE heraldo")
+            await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    return f"{server}/heraldo"
+    return f"{server}/{name}"
