@@ -153,6 +153,8 @@ Heraldo is running (logs in {mesh.workdir / 'logs'}). Press Ctrl-C to stop.
   gRPC (reflection):  grpcurl -plaintext 127.0.0.1:{mesh.ports.edge} list   (no token needed)
                       grpcurl -plaintext -H "Authorization: $AUTH" 127.0.0.1:{mesh.ports.edge} \\
                            heraldo.v1.BatchService/ListJobs
+  Console:            {mesh.console_url}#token=<the token above>
+  CLI:                .venv/bin/heraldo jobs list   (finds the mesh in {mesh.workdir}/mesh.json)
   Consul:             {mesh.consul_address.url}/ui  ({mesh.consul_description})
   SMTP sink:          {mesh.sink_url}
   Envoy admin:        http://127.0.0.1:{mesh.ports.envoy_admin}
