@@ -61,7 +61,9 @@ def _convert(raw: str, target: type, key: str) -> Any:
             return float(raw)
         return raw
     except ValueError as exc:
-        raise ConfigError(f"{key}={raw!r}: {exc}") from exc
+        expected = {int: "a whole number", float: "a number"}.get(target)
+        problem = f"expected {expected}" if expected else str(exc)
+        raise ConfigError(f"{key}={raw!r}: {problem}") from exc
 
 
 def resolve(
