@@ -11,8 +11,10 @@ emptied before each): its first run pays for cold connections and caches, which 
 runs absorbs, and the peak memory reported is the highest of the whole workload, start-up
 included. The mesh's own development SMTP sink still starts with it and idles, unused.
 
-Exits 0 when every run completed (targets missed are reported, not failures), 1 when a run failed,
-2 when something the benchmark needs is missing.
+Every Heraldo run is also checked for exactly-once delivery: the job completed with an outcome
+for every selected invoice and none failed, and the sink received exactly as many messages as the
+job sent. Exits 0 when every run completed and passed that check (targets missed are reported,
+not failures), 1 when one did not, 2 when something the benchmark needs is missing.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ async def bench_workload(workload: str, args: argparse.Namespace, settings: dict
         plotted = report.plot(args.out / f"throughput-{workload}.png", workload, runs)
         result["plot"] = str(plotted) if plotted else None
         result["completed"] = all(
-            run.system != "heraldo" or "JOB_STATUS_COMPLETED" in run.detail for run in runs)
+            run.system != "heraldo" or run.exactly_once for run in runs)
     finally:
         sink.stop()
         if args.keep_database:

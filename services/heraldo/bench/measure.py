@@ -65,6 +65,9 @@ class RunResult:
     #: measure the neighbours as much as the system.
     load_average_1m: float = field(default_factory=lambda: round(os.getloadavg()[0], 2))
     detail: str = ""
+    #: Heraldo runs: the job completed, every selected invoice has an outcome, none failed, and
+    #: the sink received exactly as many messages as the job sent (none doubled, none missing).
+    exactly_once: bool | None = None
 
     @property
     def per_second(self) -> float:
@@ -143,6 +146,7 @@ async def run_heraldo(mesh: LocalMesh, sink: SmtpSink, database: BenchDatabase, 
                     job["jobId"])
         job = await _wait_for_job(session, mesh.edge_url, job["jobId"])
     samples = await sampler.stop()
+    received = samples[-1][1] if samples else 0
     after = procstats.sample_all(pids)
 
     # The batch service stamps the end on this machine's clock, the one posted_at was read from.
@@ -156,6 +160,13 @@ async def run_heraldo(mesh: LocalMesh, sink: SmtpSink, database: BenchDatabase, 
         cpu_s={**procstats.cpu_used(before, after), "smtp-sink": sampler.sink_cpu_s},
         peak_rss_mb={name: round(taken.peak_rss_kb / 1024, 1) for name, taken in after.items()},
         detail=f"job {job['jobId']} {job['status']}: {json.dumps(job.get('counts', {}))}")
+    counts = {key: int(value) for key, value in job.get("counts", {}).items()}
+    outcomes = sum(counts.get(key, 0) for key in ("sent", "duplicate", "skipped", "failed"))
+    result.exactly_once = (job["status"] == "JOB_STATUS_COMPLETED" and counts.get("failed", 0) == 0
+                           and outcomes == counts.get("selected", -1) and received == sent)
+    if not result.exactly_once:
+        logger.warning("exactly-once check failed workload=%s run=%d received=%d counts=%s",
+                       workload, run, received, counts)
     result.latency_p50_s, result.latency_p99_s = _percentiles(lower)
     result.latency_upper_p50_s, result.latency_upper_p99_s = _percentiles(upper)
     if job["status"] != "JOB_STATUS_COMPLETED":
