@@ -11,61 +11,31 @@ import asyncio
 import logging
 import os
 
-import aiohttp
-import consul
-
 from heraldo import logs
 from heraldo.db import create_engine, create_schema, database_url, describe
-from heraldo.errors import Unavailable
 from heraldo.notifier.reload import LiveConfig
 from heraldo.notifier.servicer import NotifierServicer, build_mailer
 from heraldo.notifier.settings import SERVICE_SCOPE, NotifierSettings
-from heraldo.registry import ConsulAddress, read_kv_tree
+from heraldo.registry import ConsulAddress
 from heraldo.runtime import (
     Instance,
     RunningService,
     Servicer,
+    load_settings,
     run_main,
     wait_for_shutdown_signal,
 )
-from heraldo.settings import load_seed, resolve
+from heraldo.settings import load_seed
 from heraldo.v1 import notification_pb2, notification_pb2_grpc
 
 logger = logging.getLogger("heraldo.notifier")
 
 SERVICE_NAME = "heraldo-notifier"
 DEFAULT_GRPC_PORT = 50061
-#: Consul answers a local KV read in milliseconds; longer means it is not there.
-CONSUL_TIMEOUT_S = 5.0
-
-
-async def read_settings(address: ConsulAddress) -> NotifierSettings:
-    """Seed defaults, then Consul KV, then the environment.
-
-    Raises:
-        Unavailable: Consul cannot be reached at ``address``.
-        ConfigError: a value from the environment is invalid.
-    """
-    client = address.client()
-    try:
-        async with asyncio.timeout(CONSUL_TIMEOUT_S):
-            kv = await read_kv_tree(client)
-    except (aiohttp.ClientError, OSError, consul.ConsulException, TimeoutError) as exc:
-        raise Unavailable(f"cannot reach Consul at {address.url} (CONSUL_HTTP_ADDR): "
-                          f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        await client.close()
-    seed = load_seed()
-    # The seed alone is the fallback, so a bad value in KV falls back to its seed default
-    # instead of leaving the field without any value.
-    defaults = resolve(NotifierSettings, SERVICE_SCOPE, seed, env={})
-    return resolve(NotifierSettings, SERVICE_SCOPE, {**seed, **kv}, fallback=defaults)
-
-
 async def main() -> None:
     logs.configure(os.environ.get("HERALDO_LOG_LEVEL", "INFO"), service=SERVICE_NAME)
     consul_address = ConsulAddress.from_env()
-    settings = await read_settings(consul_address)
+    settings = await load_settings(NotifierSettings, SERVICE_SCOPE, consul_address)
     logs.configure(settings.log_level, service=SERVICE_NAME)
 
     url = database_url()
