@@ -194,3 +194,28 @@ async def test_concurrent_callers_share_transactions_and_keep_their_own_answers(
     assert all(recorded)
     assert len(transactions) < 20
     assert {(await grouped.log.get(i)).status for i in ids} == {"sent"}
+
+
+async def test_postgres_connections_plan_each_statement_for_the_table_as_it_is_now(
+        delivery_engine):
+    # A generic plan cached while ``deliveries`` was empty would scan the whole table forever.
+    if delivery_engine.dialect.name != "postgresql":
+        return
+    async with delivery_engine.connect() as conn:
+        assert await conn.scalar(sa.text("SHOW plan_cache_mode")) == "force_custom_plan"
+
+
+async def test_a_large_group_on_a_large_table_records_only_the_attempts_it_holds(delivery_engine):
+    log = DeliveryLog(delivery_engine, replica_id="r1")
+    ids = [f"job-1.{number}" for number in range(1200)]
+    claims = await log.claim_many([(i, f"<{i}@heraldo>") for i in ids])
+    assert all(claim.claimed and claim.attempt == 1 for claim in claims)
+
+    finals = [Final(i, 1, "sent", 250, "250 ok") for i in ids[:600]]
+    # A wrong attempt and an id never claimed are not recorded; the rest are.
+    finals += [Final(ids[600], 2, "sent", 250), Final("job-1.unknown", 1, "sent", 250)]
+    answers = await log.record_many(finals)
+
+    assert answers == [True] * 600 + [False, False]
+    assert (await log.get(ids[0])).status == "sent"
+    assert (await log.get(ids[600])).status == "sending"

@@ -21,9 +21,14 @@ transaction, so a caller never hears "sent" for a send the log could still forge
 
 Two short transactions per email (claim, record) cap a replica near 250-300 emails per second on
 PostgreSQL. ``GroupedDeliveryLog`` gathers the claims and the records that arrive while a
-transaction is running and writes each gathered group at once: one multi-row ``INSERT ... ON
-CONFLICT DO NOTHING RETURNING`` for the claims, one transaction for the records. Under no load a
-group is a single item and nothing waits; under load the groups grow by themselves.
+transaction is running and writes each gathered group at once. Under no load a group is a single
+item and nothing waits; under load the groups grow by themselves.
+
+On PostgreSQL a group is one statement whatever its size: the values travel as arrays and are
+spread into rows by ``unnest``, so the statement's text never changes. SQLAlchemy compiles it once
+and asyncpg prepares it once per connection, where a multi-row ``VALUES`` list would be compiled
+and planned anew for every group size. Each statement commits on its own (autocommit): one round
+trip per group instead of three. SQLite, the single-machine default, runs the plain statements.
 """
 
 from __future__ import annotations
@@ -59,9 +64,37 @@ DEFAULT_STALE_AFTER_S = 300.0
 DEFAULT_ORPHAN_AFTER_S = 25.0
 #: Compare-and-set rounds before giving up on a row other replicas keep taking over.
 MAX_CLAIM_ROUNDS = 3
-#: The most claims or records written in one transaction: bounds a statement's parameters
-#: (five per claimed row, far below PostgreSQL's 32,767) and the wait of the group's last item.
+#: The most claims or records written in one transaction: bounds the wait of a group's last
+#: item, and on SQLite a statement's parameters (nine per claimed row, below its 32,766).
 MAX_GROUP = 500
+
+#: A recorded SMTP reply is cut to this length.
+MAX_DETAIL_CHARS = 2000
+
+#: PostgreSQL: a whole claim group in one statement (see the module's docstring).
+CLAIM_ARRAYS = sa.text("""
+    INSERT INTO deliveries (notification_id, status, smtp_code, detail, message_id, replica_id,
+                            attempts, create_time, update_time)
+    SELECT wanted.notification_id, 'sending', 0, '', wanted.message_id, :replica_id, 1, :now, :now
+    FROM unnest(CAST(:notification_ids AS VARCHAR[]), CAST(:message_ids AS VARCHAR[]))
+         AS wanted (notification_id, message_id)
+    ON CONFLICT (notification_id) DO NOTHING
+    RETURNING notification_id
+""")
+#: PostgreSQL: a whole record group in one statement; it returns the attempts it recorded.
+RECORD_ARRAYS = sa.text("""
+    UPDATE deliveries
+    SET status = final.status, smtp_code = final.smtp_code, detail = final.detail,
+        update_time = :now
+    FROM unnest(CAST(:notification_ids AS VARCHAR[]), CAST(:attempts AS INTEGER[]),
+                CAST(:statuses AS VARCHAR[]), CAST(:smtp_codes AS INTEGER[]),
+                CAST(:details AS TEXT[]))
+         AS final (notification_id, attempt, status, smtp_code, detail)
+    WHERE deliveries.notification_id = final.notification_id
+      AND deliveries.attempts = final.attempt
+      AND deliveries.replica_id = :replica_id
+    RETURNING deliveries.notification_id, deliveries.attempts
+""")
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -121,8 +154,11 @@ class DeliveryLog:
         self._live_replicas: dict[str, dt.datetime | None] | None = None
         # Rows this replica claimed before this moment belong to an earlier, crashed process.
         self._started_at = dt.datetime.now(dt.UTC)
-        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-        self._insert = dialect.insert
+        self._postgres = engine.dialect.name == "postgresql"
+        self._insert = (postgresql if self._postgres else sqlite).insert
+        # A claim group and a record group are single statements, atomic by themselves.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT") \
+            if self._postgres else engine
 
     async def claim(self, notification_id: str, message_id: str) -> Claim:
         """Claims ``notification_id`` for this replica, or says who has it and in what state."""
@@ -139,17 +175,22 @@ class DeliveryLog:
         first: dict[str, str] = {}
         for notification_id, message_id in wanted:
             first.setdefault(notification_id, message_id)
-        insert = self._insert(deliveries).values([
-            {"notification_id": notification_id, "status": SENDING, "smtp_code": 0, "detail": "",
-             "message_id": message_id, "replica_id": self._replica_id, "attempts": 1,
-             "create_time": now, "update_time": now}
-            for notification_id, message_id in first.items()
-        ]).on_conflict_do_nothing(index_elements=[deliveries.c.notification_id]).returning(
-            deliveries.c.notification_id)
+        if self._postgres:
+            statement, parameters = CLAIM_ARRAYS, {
+                "notification_ids": list(first), "message_ids": list(first.values()),
+                "replica_id": self._replica_id, "now": now}
+        else:
+            statement, parameters = self._insert(deliveries).values([
+                {"notification_id": notification_id, "status": SENDING, "smtp_code": 0,
+                 "detail": "", "message_id": message_id, "replica_id": self._replica_id,
+                 "attempts": 1, "create_time": now, "update_time": now}
+                for notification_id, message_id in first.items()
+            ]).on_conflict_do_nothing(index_elements=[deliveries.c.notification_id]).returning(
+                deliveries.c.notification_id), None
         # Each statement runs in its own short transaction: SQLite in WAL mode fails a read
         # transaction that later tries to write, and PostgreSQL holds no lock across rounds.
         async with self._begin() as conn:
-            inserted = set((await conn.execute(insert)).scalars())
+            inserted = set((await conn.execute(statement, parameters)).scalars())
 
         answers = {notification_id: Claim(claimed=True, attempt=1) for notification_id in inserted}
         taken = await self._get_many([i for i in first if i not in inserted])
@@ -241,6 +282,29 @@ class DeliveryLog:
             if final.status not in FINAL_STATUSES:
                 raise ValueError(f"status must be one of {FINAL_STATUSES}, got {final.status!r}")
         now = dt.datetime.now(dt.UTC)
+        if self._postgres:
+            answers = await self._record_arrays(finals, now)
+        else:
+            answers = await self._record_each(finals, now)
+        for final, recorded in zip(finals, answers, strict=True):
+            if not recorded:
+                logger.warning("claim lost before recording notification_id=%s attempt=%d "
+                               "status=%s", final.notification_id, final.attempt, final.status)
+        return answers
+
+    async def _record_arrays(self, finals: Sequence[Final], now: dt.datetime) -> list[bool]:
+        parameters = {
+            "notification_ids": [final.notification_id for final in finals],
+            "attempts": [final.attempt for final in finals],
+            "statuses": [final.status for final in finals],
+            "smtp_codes": [final.smtp_code for final in finals],
+            "details": [final.detail[:MAX_DETAIL_CHARS] for final in finals],
+            "replica_id": self._replica_id, "now": now}
+        async with self._begin() as conn:
+            updated = {tuple(row) for row in await conn.execute(RECORD_ARRAYS, parameters)}
+        return [(final.notification_id, final.attempt) in updated for final in finals]
+
+    async def _record_each(self, finals: Sequence[Final], now: dt.datetime) -> list[bool]:
         answers = []
         async with self._begin() as conn:
             for final in finals:
@@ -250,13 +314,9 @@ class DeliveryLog:
                            deliveries.c.attempts == final.attempt,
                            deliveries.c.replica_id == self._replica_id)
                     .values(status=final.status, smtp_code=final.smtp_code,
-                            detail=final.detail[:2000], update_time=now)
+                            detail=final.detail[:MAX_DETAIL_CHARS], update_time=now)
                 )
                 answers.append((await conn.execute(update)).rowcount == 1)
-        for final, recorded in zip(finals, answers, strict=True):
-            if not recorded:
-                logger.warning("claim lost before recording notification_id=%s attempt=%d "
-                               "status=%s", final.notification_id, final.attempt, final.status)
         return answers
 
     async def get(self, notification_id: str) -> Record | None:
@@ -282,7 +342,7 @@ class DeliveryLog:
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
         """A short transaction; connection and SQL errors become Unavailable naming the database."""
         try:
-            async with self._engine.begin() as conn:
+            async with self._autocommit.begin() as conn:
                 yield conn
         except (OSError, sa.exc.SQLAlchemyError) as exc:
             raise Unavailable(f"delivery log in {describe(str(self._engine.url))} failed: "
