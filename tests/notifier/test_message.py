@@ -6,7 +6,9 @@ import datetime as dt
 from decimal import Decimal
 from email import message_from_bytes, policy
 
-from heraldo.notifier.message import Envelope, compose, message_id_for
+import pytest
+
+from heraldo.notifier.message import Envelope, _header_text, compose, message_id_for
 from heraldo.notifier.render import Document, Renderer
 
 SENT_AT = dt.datetime(2011, 12, 1, 9, 30, tzinfo=dt.UTC)
@@ -73,3 +75,22 @@ def test_message_ids_are_deterministic_valid_and_distinct():
     assert message_id_for(".a..b") == "<~a~~b@heraldo>"
     ids = ["a:b", "a.b", "a..b", ".ab", "ab.", "a-b", "a_b"]
     assert len({message_id_for(i) for i in ids}) == len(ids)
+
+
+@pytest.mark.parametrize("subject", [
+    "Invoice 536365 from Heraldo Billing: £139.12 due 31 December 2011",
+    "Factura 536365: 1234,50\u00a0€ de José Ñúñez — " * 5 + "fin",
+    "€" * 60,
+    "日本語の請求書" * 12,
+    "a_b=c?d é",
+])
+def test_a_non_ascii_subject_is_folded_into_encoded_words_that_decode_exactly(subject):
+    encoded = _header_text("Subject", subject)
+    lines = f"Subject: {encoded}".split("\r\n")
+
+    assert encoded.isascii()
+    assert all(len(line) <= 76 for line in lines)
+    # A word cut inside a character's UTF-8 bytes would not decode back to the same text.
+    message = message_from_bytes(f"Subject: {encoded}\r\n\r\nbody\r\n".encode(),
+                                 policy=policy.default)
+    assert message["Subject"] == subject

@@ -208,6 +208,9 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=True,
+            # A template changes only with a release or a KV override, and an override builds a
+            # new Renderer: no need to look at the files' modification times for every email.
+            auto_reload=False,
         )
         # Templates change only with a release, so the sets and languages are listed once here
         # rather than probing the file system for every email.
