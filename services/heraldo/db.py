@@ -170,7 +170,9 @@ def database_url(url: str = "") -> str:
     return url
 
 
-def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> AsyncEngine:
+    """An engine for ``url``. ``pre_ping`` checks each pooled PostgreSQL connection before
+    lending it, a round trip that a caller which retries on a dead connection can spare."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
@@ -191,7 +193,7 @@ def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
     # delivery log's record went from 1 ms to 100 ms within one 20,000-email job): planning each
     # execution afresh costs a few dozen microseconds and follows the table's size.
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping,
         connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}})
 
 

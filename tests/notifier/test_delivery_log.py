@@ -219,3 +219,26 @@ async def test_a_large_group_on_a_large_table_records_only_the_attempts_it_holds
     assert answers == [True] * 600 + [False, False]
     assert (await log.get(ids[0])).status == "sent"
     assert (await log.get(ids[600])).status == "sending"
+
+
+async def test_a_pooled_connection_killed_by_a_database_restart_is_replaced_without_an_error(
+        delivery_url, delivery_engine):
+    # The notifier's pool does not ping connections before lending them; the log retries instead.
+    if delivery_engine.dialect.name != "postgresql":
+        return
+    engine = db.create_engine(delivery_url, pre_ping=False)
+    try:
+        log = DeliveryLog(engine, replica_id="r1")
+        assert (await log.claim("job-1.1", "<job-1.1@heraldo>")).claimed
+        # What a PostgreSQL restart does to every open connection.
+        async with delivery_engine.connect() as admin:
+            killed = await admin.scalar(sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        assert killed >= 1
+
+        assert await log.record("job-1.1", 1, "sent", smtp_code=250)
+        assert (await log.claim("job-1.2", "<job-1.2@heraldo>")).claimed
+        assert (await log.get("job-1.1")).status == "sent"
+    finally:
+        await engine.dispose()

@@ -32,6 +32,8 @@ logger = logging.getLogger("heraldo.notifier")
 
 SERVICE_NAME = "heraldo-notifier"
 DEFAULT_GRPC_PORT = 50061
+
+
 async def main() -> None:
     logs.configure(os.environ.get("HERALDO_LOG_LEVEL", "INFO"), service=SERVICE_NAME)
     consul_address = ConsulAddress.from_env()
@@ -39,7 +41,8 @@ async def main() -> None:
     logs.configure(settings.log_level, service=SERVICE_NAME)
 
     url = database_url()
-    engine = create_engine(url)
+    # The delivery log retries a statement once on a dead connection (see delivery_log).
+    engine = create_engine(url, pre_ping=False)
     try:
         await create_schema(engine)
         instance = Instance.from_env(SERVICE_NAME, DEFAULT_GRPC_PORT)

@@ -189,8 +189,7 @@ class DeliveryLog:
                 deliveries.c.notification_id), None
         # Each statement runs in its own short transaction: SQLite in WAL mode fails a read
         # transaction that later tries to write, and PostgreSQL holds no lock across rounds.
-        async with self._begin() as conn:
-            inserted = set((await conn.execute(statement, parameters)).scalars())
+        inserted = {row[0] for row in await self._fetch(statement, parameters)}
 
         answers = {notification_id: Claim(claimed=True, attempt=1) for notification_id in inserted}
         taken = await self._get_many([i for i in first if i not in inserted])
@@ -261,9 +260,9 @@ class DeliveryLog:
             .values(status=SENDING, smtp_code=0, detail="", message_id=message_id,
                     replica_id=self._replica_id, attempts=record.attempts + 1,
                     update_time=dt.datetime.now(dt.UTC))
+            .returning(deliveries.c.notification_id)
         )
-        async with self._begin() as conn:
-            return (await conn.execute(update)).rowcount == 1
+        return bool(await self._fetch(update))
 
     async def record(self, notification_id: str, attempt: int, status: str, *,
                      smtp_code: int = 0, detail: str = "") -> bool:
@@ -300,8 +299,7 @@ class DeliveryLog:
             "smtp_codes": [final.smtp_code for final in finals],
             "details": [final.detail[:MAX_DETAIL_CHARS] for final in finals],
             "replica_id": self._replica_id, "now": now}
-        async with self._begin() as conn:
-            updated = {tuple(row) for row in await conn.execute(RECORD_ARRAYS, parameters)}
+        updated = {tuple(row) for row in await self._fetch(RECORD_ARRAYS, parameters)}
         return [(final.notification_id, final.attempt) in updated for final in finals]
 
     async def _record_each(self, finals: Sequence[Final], now: dt.datetime) -> list[bool]:
@@ -321,22 +319,45 @@ class DeliveryLog:
 
     async def get(self, notification_id: str) -> Record | None:
         query = sa.select(deliveries).where(deliveries.c.notification_id == notification_id)
-        async with self._begin() as conn:
-            row = (await conn.execute(query)).mappings().first()
-        if row is None:
+        rows = await self._fetch(query)
+        if not rows:
             return None
-        return Record(**{name: row[name] for name in Record.__dataclass_fields__})
+        return Record(**{name: rows[0]._mapping[name] for name in Record.__dataclass_fields__})
 
     async def _get_many(self, notification_ids: Sequence[str]) -> dict[str, Record | None]:
         if not notification_ids:
             return {}
         query = sa.select(deliveries).where(deliveries.c.notification_id.in_(notification_ids))
-        async with self._begin() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        rows = [row._mapping for row in await self._fetch(query)]
         found = {row["notification_id"]: Record(**{name: row[name]
                                                    for name in Record.__dataclass_fields__})
                  for row in rows}
         return {notification_id: found.get(notification_id) for notification_id in notification_ids}
+
+    async def _fetch(self, statement: sa.Executable, parameters: dict | None = None
+                     ) -> list[sa.Row]:
+        """Runs one statement in its own transaction and returns its rows.
+
+        The notifier's pool lends connections without pinging them first (a round trip per
+        group). A connection that turns out dead, PostgreSQL having restarted, is dropped and the
+        statement runs once more on a fresh one. Every statement here may run twice: a record
+        writes the same values again, and a claim or take-over whose first run did commit, its
+        reply lost, finds its own row and answers "being delivered": the notification waits for
+        the claim to go stale, it is never sent twice.
+        """
+        for attempt in (1, 2):
+            try:
+                async with self._begin() as conn:
+                    result = await conn.execute(statement, parameters)
+                    return result.all() if result.returns_rows else []
+            except Unavailable as exc:
+                cause = exc.__cause__
+                if attempt == 1 and isinstance(cause, sa.exc.DBAPIError) and \
+                        cause.connection_invalidated:
+                    logger.info("delivery log connection was dead, retrying once on a new one")
+                    continue
+                raise
+        raise AssertionError("unreachable")
 
     @contextlib.asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
