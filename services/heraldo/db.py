@@ -170,6 +170,14 @@ def database_url(url: str = "") -> str:
     return url
 
 
+#: asyncpg prepares each statement once per connection, and after a few runs PostgreSQL reuses a
+#: generic plan made for the table as it was then. A plan made while ``deliveries`` or
+#: ``job_outcomes`` was empty scans the whole table, and keeps doing so as it grows (the delivery
+#: log's record went from 1 ms to 100 ms within one 20,000-email job): planning each execution
+#: afresh costs a few dozen microseconds and follows the table's size.
+POSTGRES_SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+
+
 def create_engine(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> AsyncEngine:
     """An engine for ``url``. ``pre_ping`` checks each pooled PostgreSQL connection before
     lending it, a round trip that a caller which retries on a dead connection can spare."""
@@ -187,14 +195,14 @@ def create_engine(url: str, *, pool_size: int = 5, pre_ping: bool = True) -> Asy
             cursor.close()
 
         return engine
-    # asyncpg prepares each statement once per connection, and after a few runs PostgreSQL
-    # reuses a generic plan made for the table as it was then. A plan made while ``deliveries``
-    # or ``job_outcomes`` was empty scans the whole table, and keeps doing so as it grows (the
-    # delivery log's record went from 1 ms to 100 ms within one 20,000-email job): planning each
-    # execution afresh costs a few dozen microseconds and follows the table's size.
     return create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping,
-        connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}})
+        connect_args={"server_settings": POSTGRES_SERVER_SETTINGS})
+
+
+def asyncpg_dsn(url: sa.engine.URL) -> str:
+    """The plain ``postgresql://`` DSN of an engine's URL, for a connection made with asyncpg."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def is_postgres(engine: AsyncEngine) -> bool:

@@ -5,14 +5,29 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import pytest
 import sqlalchemy as sa
 
 from heraldo import db
 from heraldo.notifier.delivery_log import DeliveryLog, Final, GroupedDeliveryLog
 
 
-async def test_a_fresh_id_is_claimed_once_and_then_reported_as_in_progress(delivery_engine):
-    log = DeliveryLog(delivery_engine, replica_id="replica-a")
+@pytest.fixture
+async def open_log(delivery_engine):
+    """Opens delivery logs on the test's database and closes their connections afterwards."""
+    opened: list[DeliveryLog] = []
+
+    def open_log(replica_id: str, **options) -> DeliveryLog:
+        opened.append(DeliveryLog(delivery_engine, replica_id=replica_id, **options))
+        return opened[-1]
+
+    yield open_log
+    for log in opened:
+        await log.close()
+
+
+async def test_a_fresh_id_is_claimed_once_and_then_reported_as_in_progress(open_log):
+    log = open_log("replica-a")
 
     first = await log.claim("job-1:1", "<job-1=1@heraldo>")
     second = await log.claim("job-1:1", "<job-1=1@heraldo>")
@@ -23,9 +38,9 @@ async def test_a_fresh_id_is_claimed_once_and_then_reported_as_in_progress(deliv
     assert second.existing.replica_id == "replica-a"
 
 
-async def test_a_sent_id_is_reported_with_its_original_message_id_and_replica(delivery_engine):
-    original = DeliveryLog(delivery_engine, replica_id="replica-a")
-    other = DeliveryLog(delivery_engine, replica_id="replica-b")
+async def test_a_sent_id_is_reported_with_its_original_message_id_and_replica(open_log):
+    original = open_log("replica-a")
+    other = open_log("replica-b")
     claim = await original.claim("job-1:1", "<job-1=1@heraldo>")
     await original.record("job-1:1", claim.attempt, "sent", smtp_code=250, detail="250 ok")
 
@@ -36,8 +51,8 @@ async def test_a_sent_id_is_reported_with_its_original_message_id_and_replica(de
     assert replay.existing.message_id == "<job-1=1@heraldo>"
 
 
-async def test_a_temporary_failure_may_be_attempted_again(delivery_engine):
-    log = DeliveryLog(delivery_engine, replica_id="replica-a")
+async def test_a_temporary_failure_may_be_attempted_again(open_log):
+    log = open_log("replica-a")
     claim = await log.claim("job-1:1", "<job-1=1@heraldo>")
     await log.record("job-1:1", claim.attempt, "temporary_failure", smtp_code=451)
 
@@ -46,8 +61,8 @@ async def test_a_temporary_failure_may_be_attempted_again(delivery_engine):
     assert (retry.claimed, retry.attempt) == (True, 2)
 
 
-async def test_a_permanent_failure_is_not_attempted_again(delivery_engine):
-    log = DeliveryLog(delivery_engine, replica_id="replica-a")
+async def test_a_permanent_failure_is_not_attempted_again(open_log):
+    log = open_log("replica-a")
     claim = await log.claim("job-1:1", "<job-1=1@heraldo>")
     await log.record("job-1:1", claim.attempt, "permanent_failure", smtp_code=550)
 
@@ -57,8 +72,8 @@ async def test_a_permanent_failure_is_not_attempted_again(delivery_engine):
     assert retry.existing.status == "permanent_failure"
 
 
-async def test_a_stale_claim_left_by_a_crash_is_taken_over(delivery_engine):
-    crashed = DeliveryLog(delivery_engine, replica_id="replica-a", stale_after_s=60)
+async def test_a_stale_claim_left_by_a_crash_is_taken_over(delivery_engine, open_log):
+    crashed = open_log("replica-a", stale_after_s=60)
     await crashed.claim("job-1:1", "<job-1=1@heraldo>")
     await crashed.claim("job-1:2", "<job-1=2@heraldo>")
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
@@ -66,7 +81,7 @@ async def test_a_stale_claim_left_by_a_crash_is_taken_over(delivery_engine):
         await conn.execute(sa.update(db.deliveries)
                            .where(db.deliveries.c.notification_id == "job-1:1")
                            .values(update_time=long_ago))
-    other = DeliveryLog(delivery_engine, replica_id="replica-b", stale_after_s=60)
+    other = open_log("replica-b", stale_after_s=60)
 
     stale = await other.claim("job-1:1", "<job-1=1@heraldo>")
     recent = await other.claim("job-1:2", "<job-1=2@heraldo>")
@@ -78,9 +93,9 @@ async def test_a_stale_claim_left_by_a_crash_is_taken_over(delivery_engine):
 
 
 async def test_a_claim_of_a_replica_that_left_consul_is_taken_over_once_old_enough(
-        delivery_engine):
+        delivery_engine, open_log):
     # Given replica-a claimed two ids and was then killed (Consul no longer lists it)
-    killed = DeliveryLog(delivery_engine, replica_id="replica-a")
+    killed = open_log("replica-a")
     await killed.claim("job-1:1", "<job-1=1@heraldo>")
     await killed.claim("job-1:2", "<job-1=2@heraldo>")
     a_while_ago = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=40)
@@ -88,8 +103,8 @@ async def test_a_claim_of_a_replica_that_left_consul_is_taken_over_once_old_enou
         await conn.execute(sa.update(db.deliveries)
                            .where(db.deliveries.c.notification_id == "job-1:1")
                            .values(update_time=a_while_ago))
-    survivor = DeliveryLog(delivery_engine, replica_id="replica-b", orphan_after_s=25)
-    still_live = DeliveryLog(delivery_engine, replica_id="replica-c", orphan_after_s=25)
+    survivor = open_log("replica-b", orphan_after_s=25)
+    still_live = open_log("replica-c", orphan_after_s=25)
     survivor.set_live_replicas({"replica-b": None, "replica-c": None})
     still_live.set_live_replicas({"replica-a": None, "replica-b": None, "replica-c": None})
 
@@ -104,14 +119,15 @@ async def test_a_claim_of_a_replica_that_left_consul_is_taken_over_once_old_enou
     assert not too_recent.claimed
 
 
-async def test_a_claim_older_than_its_replicas_restart_is_taken_over_by_others(delivery_engine):
+async def test_a_claim_older_than_its_replicas_restart_is_taken_over_by_others(
+        delivery_engine, open_log):
     # Given replica-a claimed an id, was killed, and came back as a new process
-    killed = DeliveryLog(delivery_engine, replica_id="replica-a")
+    killed = open_log("replica-a")
     await killed.claim("job-1:1", "<job-1=1@heraldo>")
     a_while_ago = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=40)
     async with delivery_engine.begin() as conn:
         await conn.execute(sa.update(db.deliveries).values(update_time=a_while_ago))
-    other = DeliveryLog(delivery_engine, replica_id="replica-b", orphan_after_s=25)
+    other = open_log("replica-b", orphan_after_s=25)
     other.set_live_replicas({"replica-a": dt.datetime.now(dt.UTC), "replica-b": None})
 
     claim = await other.claim("job-1:1", "<job-1=1@heraldo>")
@@ -119,19 +135,19 @@ async def test_a_claim_older_than_its_replicas_restart_is_taken_over_by_others(d
     assert (claim.claimed, claim.attempt) == (True, 2)
 
 
-async def test_a_restarted_replica_takes_back_its_own_unfinished_claims(delivery_engine):
-    before_crash = DeliveryLog(delivery_engine, replica_id="replica-a")
+async def test_a_restarted_replica_takes_back_its_own_unfinished_claims(open_log):
+    before_crash = open_log("replica-a")
     await before_crash.claim("job-1:1", "<job-1=1@heraldo>")
     await asyncio.sleep(0.01)
-    after_restart = DeliveryLog(delivery_engine, replica_id="replica-a")
+    after_restart = open_log("replica-a")
 
     claim = await after_restart.claim("job-1:1", "<job-1=1@heraldo>")
 
     assert (claim.claimed, claim.attempt) == (True, 2)
 
 
-async def test_concurrent_claims_of_one_id_have_exactly_one_winner(delivery_engine):
-    logs = [DeliveryLog(delivery_engine, replica_id=f"replica-{n}") for n in range(8)]
+async def test_concurrent_claims_of_one_id_have_exactly_one_winner(open_log):
+    logs = [open_log(f"replica-{n}") for n in range(8)]
 
     claims = await asyncio.gather(*(log.claim("job-1:1", "<job-1=1@heraldo>") for log in logs))
 
@@ -139,8 +155,8 @@ async def test_concurrent_claims_of_one_id_have_exactly_one_winner(delivery_engi
 
 
 async def test_concurrent_take_overs_of_a_temporary_failure_have_exactly_one_winner(
-        delivery_engine):
-    logs = [DeliveryLog(delivery_engine, replica_id=f"replica-{n}") for n in range(8)]
+        open_log):
+    logs = [open_log(f"replica-{n}") for n in range(8)]
     first = await logs[0].claim("job-1:1", "<job-1=1@heraldo>")
     await logs[0].record("job-1:1", first.attempt, "temporary_failure")
 
@@ -149,8 +165,8 @@ async def test_concurrent_take_overs_of_a_temporary_failure_have_exactly_one_win
     assert sum(claim.claimed for claim in claims) == 1
 
 
-async def test_claim_many_answers_each_item_in_order_with_one_claim_per_id(delivery_engine):
-    log = DeliveryLog(delivery_engine, replica_id="replica-a")
+async def test_claim_many_answers_each_item_in_order_with_one_claim_per_id(open_log):
+    log = open_log("replica-a")
     sent = await log.claim("job-1:1", "<job-1=1@heraldo>")
     await log.record("job-1:1", sent.attempt, "sent", smtp_code=250)
     retry = await log.claim("job-1:2", "<job-1=2@heraldo>")
@@ -166,8 +182,8 @@ async def test_claim_many_answers_each_item_in_order_with_one_claim_per_id(deliv
     assert (claims[3].existing.status, claims[3].existing.replica_id) == ("sending", "replica-a")
 
 
-async def test_record_many_stores_each_outcome_and_reports_lost_claims(delivery_engine):
-    log = DeliveryLog(delivery_engine, replica_id="replica-a")
+async def test_record_many_stores_each_outcome_and_reports_lost_claims(open_log):
+    log = open_log("replica-a")
     await log.claim_many([("job-1:1", "<job-1=1@heraldo>"), ("job-1:2", "<job-1=2@heraldo>")])
 
     recorded = await log.record_many([Final("job-1:1", 1, "sent", 250, "250 ok"),
@@ -178,12 +194,13 @@ async def test_record_many_stores_each_outcome_and_reports_lost_claims(delivery_
     assert (await log.get("job-1:2")).status == "sending"
 
 
-async def test_concurrent_callers_share_transactions_and_keep_their_own_answers(delivery_engine):
+async def test_concurrent_callers_share_transactions_and_keep_their_own_answers(
+        delivery_engine, open_log):
     # Regression guard for throughput: two transactions per email capped a replica near
     # 250-300 emails per second; concurrent claims and records must share transactions.
     transactions = []
     sa.event.listen(delivery_engine.sync_engine, "begin", transactions.append)
-    grouped = GroupedDeliveryLog(DeliveryLog(delivery_engine, replica_id="replica-a"))
+    grouped = GroupedDeliveryLog(open_log("replica-a"))
     ids = [f"job-1:{n}" for n in range(100)]
 
     claims = await asyncio.gather(*(grouped.claim(i, f"<{i}@heraldo>") for i in [*ids, ids[0]]))
@@ -205,8 +222,8 @@ async def test_postgres_connections_plan_each_statement_for_the_table_as_it_is_n
         assert await conn.scalar(sa.text("SHOW plan_cache_mode")) == "force_custom_plan"
 
 
-async def test_a_large_group_on_a_large_table_records_only_the_attempts_it_holds(delivery_engine):
-    log = DeliveryLog(delivery_engine, replica_id="r1")
+async def test_a_large_group_on_a_large_table_records_only_the_attempts_it_holds(open_log):
+    log = open_log("r1")
     ids = [f"job-1.{number}" for number in range(1200)]
     claims = await log.claim_many([(i, f"<{i}@heraldo>") for i in ids])
     assert all(claim.claimed and claim.attempt == 1 for claim in claims)
@@ -230,6 +247,8 @@ async def test_a_pooled_connection_killed_by_a_database_restart_is_replaced_with
     try:
         log = DeliveryLog(engine, replica_id="r1")
         assert (await log.claim("job-1.1", "<job-1.1@heraldo>")).claimed
+        assert not await log.record("job-1.0", 1, "sent")
+        assert (await log.get("job-1.1")).status == "sending"
         # What a PostgreSQL restart does to every open connection.
         async with delivery_engine.connect() as admin:
             killed = await admin.scalar(sa.text(
@@ -241,4 +260,5 @@ async def test_a_pooled_connection_killed_by_a_database_restart_is_replaced_with
         assert (await log.claim("job-1.2", "<job-1.2@heraldo>")).claimed
         assert (await log.get("job-1.1")).status == "sent"
     finally:
+        await log.close()
         await engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
@@ -28,6 +29,11 @@ def notification_id(instance_id: str, invoice_number: str) -> str:
     return f"{instance_id}.{invoice_number}"
 
 
+#: Recent addresses whose check is remembered: a customer with many invoices is checked once.
+ADDRESS_CACHE_SIZE = 8192
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
 def address_problem(address: str | None) -> str:
     if not address:
         return NO_ADDRESS

@@ -25,10 +25,12 @@ transaction is running and writes each gathered group at once. Under no load a g
 item and nothing waits; under load the groups grow by themselves.
 
 On PostgreSQL a group is one statement whatever its size: the values travel as arrays and are
-spread into rows by ``unnest``, so the statement's text never changes. SQLAlchemy compiles it once
-and asyncpg prepares it once per connection, where a multi-row ``VALUES`` list would be compiled
-and planned anew for every group size. Each statement commits on its own (autocommit): one round
-trip per group instead of three. SQLite, the single-machine default, runs the plain statements.
+spread into rows by ``unnest``, so the statement's text never changes and asyncpg prepares it once.
+Each statement commits on its own (autocommit), one round trip per group. The two group writers
+send their statements straight through asyncpg, on a connection each (``_DirectConnection``):
+SQLAlchemy's execution costs about 300 microseconds of CPU per statement, asyncpg's about 50, and
+at a few statements per ten emails that was a tenth of a notifier's CPU. SQLite, the
+single-machine default, runs the same steps through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from heraldo.db import deliveries, describe
+from heraldo.db import POSTGRES_SERVER_SETTINGS, asyncpg_dsn, deliveries, describe
 from heraldo.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -68,33 +71,84 @@ MAX_CLAIM_ROUNDS = 3
 #: item, and on SQLite a statement's parameters (nine per claimed row, below its 32,766).
 MAX_GROUP = 500
 
+#: Connecting, and closing politely, may take this long before the database counts as down.
+CONNECT_TIMEOUT_S = 10.0
 #: A recorded SMTP reply is cut to this length.
 MAX_DETAIL_CHARS = 2000
 
 #: PostgreSQL: a whole claim group in one statement (see the module's docstring).
-CLAIM_ARRAYS = sa.text("""
+CLAIM_ARRAYS = """
     INSERT INTO deliveries (notification_id, status, smtp_code, detail, message_id, replica_id,
                             attempts, create_time, update_time)
-    SELECT wanted.notification_id, 'sending', 0, '', wanted.message_id, :replica_id, 1, :now, :now
-    FROM unnest(CAST(:notification_ids AS VARCHAR[]), CAST(:message_ids AS VARCHAR[]))
-         AS wanted (notification_id, message_id)
+    SELECT wanted.notification_id, 'sending', 0, '', wanted.message_id, $3, 1, $4, $4
+    FROM unnest($1::varchar[], $2::varchar[]) AS wanted (notification_id, message_id)
     ON CONFLICT (notification_id) DO NOTHING
     RETURNING notification_id
-""")
+"""
 #: PostgreSQL: a whole record group in one statement; it returns the attempts it recorded.
-RECORD_ARRAYS = sa.text("""
+RECORD_ARRAYS = """
     UPDATE deliveries
     SET status = final.status, smtp_code = final.smtp_code, detail = final.detail,
-        update_time = :now
-    FROM unnest(CAST(:notification_ids AS VARCHAR[]), CAST(:attempts AS INTEGER[]),
-                CAST(:statuses AS VARCHAR[]), CAST(:smtp_codes AS INTEGER[]),
-                CAST(:details AS TEXT[]))
+        update_time = $7
+    FROM unnest($1::varchar[], $2::integer[], $3::varchar[], $4::integer[], $5::text[])
          AS final (notification_id, attempt, status, smtp_code, detail)
     WHERE deliveries.notification_id = final.notification_id
       AND deliveries.attempts = final.attempt
-      AND deliveries.replica_id = :replica_id
+      AND deliveries.replica_id = $6
     RETURNING deliveries.notification_id, deliveries.attempts
-""")
+"""
+#: What asyncpg raises when the connection itself is gone (a restart, a terminated backend); a
+#: backend terminated while the connection was idle can also leave it in a state asyncpg refuses.
+CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                   asyncpg.InternalClientError, asyncpg.exceptions.OperatorInterventionError,
+                   OSError)
+
+
+class _DirectConnection:
+    """An asyncpg connection of the delivery log's own, for one group writer's statements.
+
+    A group writer sends one statement at a time, so one connection is all it needs; the lock
+    only guards against direct callers. It connects on first use. A connection found dead is
+    replaced and the statement sent once more, which is safe for the reasons ``DeliveryLog._fetch``
+    gives; a failure to connect is not retried.
+    """
+
+    def __init__(self, url: sa.engine.URL) -> None:
+        self._dsn = asyncpg_dsn(url)
+        self._where = describe(url.render_as_string(hide_password=False))
+        self._connection: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def fetch(self, sql: str, *arguments) -> list:
+        async with self._lock:
+            for attempt in (1, 2):
+                reused = self._connection is not None and not self._connection.is_closed()
+                try:
+                    if not reused:
+                        self._connection = await asyncpg.connect(
+                            self._dsn, timeout=CONNECT_TIMEOUT_S,
+                            server_settings=POSTGRES_SERVER_SETTINGS)
+                    return await self._connection.fetch(sql, *arguments)
+                except CONNECTION_LOST as exc:
+                    await self.close()
+                    if attempt == 1 and reused:
+                        logger.info("delivery log connection was dead, retrying once on a new one")
+                        continue
+                    raise self._unavailable(exc) from exc
+                except asyncpg.PostgresError as exc:
+                    raise self._unavailable(exc) from exc
+        raise AssertionError("unreachable")
+
+    def _unavailable(self, exc: Exception) -> Unavailable:
+        return Unavailable(f"delivery log in {self._where} failed: {type(exc).__name__}: {exc}")
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            with contextlib.suppress(*CONNECTION_LOST, asyncpg.PostgresError):
+                await connection.close(timeout=CONNECT_TIMEOUT_S)
+            connection.terminate()
+
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -156,9 +210,12 @@ class DeliveryLog:
         self._started_at = dt.datetime.now(dt.UTC)
         self._postgres = engine.dialect.name == "postgresql"
         self._insert = (postgresql if self._postgres else sqlite).insert
-        # A claim group and a record group are single statements, atomic by themselves.
+        # The rarer statements (reads, take-overs) are single statements too: no transaction.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT") \
             if self._postgres else engine
+        if self._postgres:
+            self._claim_connection = _DirectConnection(engine.url)
+            self._record_connection = _DirectConnection(engine.url)
 
     async def claim(self, notification_id: str, message_id: str) -> Claim:
         """Claims ``notification_id`` for this replica, or says who has it and in what state."""
@@ -175,21 +232,20 @@ class DeliveryLog:
         first: dict[str, str] = {}
         for notification_id, message_id in wanted:
             first.setdefault(notification_id, message_id)
+        # Each statement runs in its own short transaction: SQLite in WAL mode fails a read
+        # transaction that later tries to write, and PostgreSQL holds no lock across rounds.
         if self._postgres:
-            statement, parameters = CLAIM_ARRAYS, {
-                "notification_ids": list(first), "message_ids": list(first.values()),
-                "replica_id": self._replica_id, "now": now}
+            rows = await self._claim_connection.fetch(
+                CLAIM_ARRAYS, list(first), list(first.values()), self._replica_id, now)
         else:
-            statement, parameters = self._insert(deliveries).values([
+            rows = await self._fetch(self._insert(deliveries).values([
                 {"notification_id": notification_id, "status": SENDING, "smtp_code": 0,
                  "detail": "", "message_id": message_id, "replica_id": self._replica_id,
                  "attempts": 1, "create_time": now, "update_time": now}
                 for notification_id, message_id in first.items()
             ]).on_conflict_do_nothing(index_elements=[deliveries.c.notification_id]).returning(
-                deliveries.c.notification_id), None
-        # Each statement runs in its own short transaction: SQLite in WAL mode fails a read
-        # transaction that later tries to write, and PostgreSQL holds no lock across rounds.
-        inserted = {row[0] for row in await self._fetch(statement, parameters)}
+                deliveries.c.notification_id))
+        inserted = {row[0] for row in rows}
 
         answers = {notification_id: Claim(claimed=True, attempt=1) for notification_id in inserted}
         taken = await self._get_many([i for i in first if i not in inserted])
@@ -292,14 +348,12 @@ class DeliveryLog:
         return answers
 
     async def _record_arrays(self, finals: Sequence[Final], now: dt.datetime) -> list[bool]:
-        parameters = {
-            "notification_ids": [final.notification_id for final in finals],
-            "attempts": [final.attempt for final in finals],
-            "statuses": [final.status for final in finals],
-            "smtp_codes": [final.smtp_code for final in finals],
-            "details": [final.detail[:MAX_DETAIL_CHARS] for final in finals],
-            "replica_id": self._replica_id, "now": now}
-        updated = {tuple(row) for row in await self._fetch(RECORD_ARRAYS, parameters)}
+        rows = await self._record_connection.fetch(
+            RECORD_ARRAYS, [final.notification_id for final in finals],
+            [final.attempt for final in finals], [final.status for final in finals],
+            [final.smtp_code for final in finals],
+            [final.detail[:MAX_DETAIL_CHARS] for final in finals], self._replica_id, now)
+        updated = {tuple(row) for row in rows}
         return [(final.notification_id, final.attempt) in updated for final in finals]
 
     async def _record_each(self, finals: Sequence[Final], now: dt.datetime) -> list[bool]:
@@ -358,6 +412,12 @@ class DeliveryLog:
                     continue
                 raise
         raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        """Closes the log's own PostgreSQL connections; the engine is the caller's to dispose."""
+        if self._postgres:
+            await self._claim_connection.close()
+            await self._record_connection.close()
 
     @contextlib.asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:

@@ -17,9 +17,9 @@ import datetime as dt
 import functools
 import logging
 import re
+import time
 from dataclasses import dataclass
-from email.header import Header
-from email.utils import format_datetime, formataddr, parseaddr
+from email.utils import format_datetime, parseaddr
 
 from heraldo.notifier.render import RenderedEmail
 
@@ -95,15 +95,13 @@ def encoded_words(value: str, *, first_line_used: int = 0) -> str:
 
 
 def _mailbox(name: str, address: str) -> str:
+    """``Name <address>``. A non-ASCII address (SMTPUTF8) is written as it is, while the name
+    keeps the form every reader understands: encoded words, or a quoted string."""
     name = " ".join(_CONTROL.sub(" ", name).split())
-    if address.isascii():
-        return formataddr((name, address), charset="utf-8")
-    # formataddr refuses a non-ASCII address; under SMTPUTF8 it is written as it is, while the
-    # name keeps the form every reader understands (an encoded word, or a quoted string).
     if not name:
         return address
     if not name.isascii():
-        shown = Header(name, "utf-8").encode(linesep=CRLF)
+        shown = encoded_words(name, first_line_used=len("To: "))
     elif _SPECIALS.search(name):
         shown = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     else:
@@ -124,6 +122,18 @@ def _quoted_printable(text: str) -> bytes:
     return binascii.b2a_qp(body.encode("utf-8"))
 
 
+#: The second the Date header was last formatted for, and its text.
+_date_cache: list = [None, ""]
+
+
+def _date_now() -> str:
+    """The Date header's value for now, formatted once per second rather than per email."""
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache[:] = [second, format_datetime(dt.datetime.fromtimestamp(second, dt.UTC))]
+    return _date_cache[1]
+
+
 @dataclass(frozen=True)
 class Envelope:
     """Who a message goes to and the ids it carries, beside what was rendered."""
@@ -142,14 +152,14 @@ def compose(envelope: Envelope, rendered: RenderedEmail, *,
 
     7-bit clean unless the recipient's address is not ASCII (see the module's docstring).
     """
-    date = date or dt.datetime.now(dt.UTC)
+    date_text = format_datetime(date) if date else _date_now()
     message_id = message_id_for(envelope.notification_id)
     # Quoted-printable writes every "=" as "=3D", so a boundary starting "=_" can never occur
     # inside a part; deriving the rest from the Message-ID keeps the bytes deterministic.
     boundary = f"=_heraldo_{message_id[1:-1].replace('@', '.')}"
 
     headers = [
-        f"Date: {format_datetime(date)}",
+        f"Date: {date_text}",
         f"Message-ID: {message_id}",
         f"From: {_address_header(envelope.sender)}",
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import functools
 import logging
 import re
 import time
@@ -49,9 +50,13 @@ NOTIFICATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,80}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_INVOICE_NUMBER_CHARS = 64
 MAX_NAME_CHARS = 200
+#: Recent addresses whose check is remembered: a few megabytes, flat however long the job.
+ADDRESS_CACHE_SIZE = 8192
 
 STATUS_NAMES = {value: name.removeprefix("DELIVERY_STATUS_").lower()
                 for name, value in pb.DeliveryStatus.items()}
+#: The counter of each status, looked up once rather than per delivery.
+DELIVERIES_BY_STATUS = {value: DELIVERIES.labels(name) for value, name in STATUS_NAMES.items()}
 #: Delivery-log status stored for each outcome of an SMTP attempt.
 LOG_STATUS = {
     pb.DELIVERY_STATUS_SENT: delivery_log.SENT,
@@ -63,6 +68,21 @@ VARIANT_BY_KIND = {
     pb.DOCUMENT_KIND_INVOICE: "invoice",
     pb.DOCUMENT_KIND_CREDIT_NOTE: "credit_note",
 }
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
+def sendable_address(email: str) -> tuple[str, str]:
+    """The address to give SMTP for ``email``, or why it cannot be used: ``(address, problem)``.
+
+    An internationalised domain goes as its ASCII (IDNA) form; a non-ASCII local part has none,
+    so it stays UTF-8 and the mailer needs the server's SMTPUTF8 for it. Cached: a customer with
+    many invoices is checked once, and the check is a sizeable part of a request's cost.
+    """
+    try:
+        valid = validate_email(email, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        return "", str(exc)
+    return valid.ascii_email or f"{valid.local_part}@{valid.ascii_domain}", ""
 
 
 @dataclass(frozen=True)
@@ -303,9 +323,10 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
                 await self._rate.acquire()
                 outcome = await self._mailer.send(self._settings.sender_address,
                                                   [checked.address], message)
-            logger.debug("notification_id=%s to=%s attempt=%d status=%s detail=%s",
-                         notification_id, mask_email(checked.address), claim.attempt,
-                         STATUS_NAMES[outcome.status], outcome.detail)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("notification_id=%s to=%s attempt=%d status=%s detail=%s",
+                             notification_id, mask_email(checked.address), claim.attempt,
+                             STATUS_NAMES[outcome.status], outcome.detail)
 
             try:
                 await self._log.record(notification_id, claim.attempt, LOG_STATUS[outcome.status],
@@ -350,7 +371,7 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
 
     @staticmethod
     def _count(result: pb.DeliveryResult) -> pb.DeliveryResult:
-        DELIVERIES.labels(STATUS_NAMES[result.status]).inc()
+        DELIVERIES_BY_STATUS[result.status].inc()
         return result
 
     def _check(self, request: pb.NotificationRequest) -> Checked:
@@ -372,14 +393,9 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
         recipient = request.recipient
         if not request.HasField("recipient") or not recipient.email:
             raise InvalidArgument("recipient.email", "is required")
-        try:
-            # An internationalised domain goes as its ASCII (IDNA) form; a non-ASCII local part
-            # has none, so it stays UTF-8 and the mailer needs the server's SMTPUTF8 for it.
-            valid = validate_email(recipient.email, check_deliverability=False,
-                                   allow_smtputf8=True)
-            address = valid.ascii_email or f"{valid.local_part}@{valid.ascii_domain}"
-        except EmailNotValidError as exc:
-            raise InvalidArgument("recipient.email", str(exc)) from exc
+        address, problem = sendable_address(recipient.email)
+        if problem:
+            raise InvalidArgument("recipient.email", problem)
         if len(recipient.name) > MAX_NAME_CHARS:
             raise InvalidArgument("recipient.name", f"must be at most {MAX_NAME_CHARS} characters")
         locale = recipient.locale or self._settings.default_locale
@@ -431,6 +447,7 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
             task.cancel()
         for mailer in [*self._retired, self._mailer]:
             await mailer.close()
+        await self._log.log.close()
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ class NotifierSettings:
                            if f.name != "smtp_password")
         return f"NotifierSettings({fields})"
 
-    @property
+    @functools.cached_property
     def sender_address(self) -> str:
-        """The bare address of ``sender``, used as the SMTP envelope sender."""
+        """The bare address of ``sender``, used as the SMTP envelope sender (parsed once)."""
         return parseaddr(self.sender)[1]
