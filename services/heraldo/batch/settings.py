@@ -14,7 +14,7 @@ class BatchSettings:
     deregister_critical_after_s: float = 30.0
     shutdown_grace_s: float = 10.0
     #: Invoices per chunk when a job does not say; also the commit interval.
-    chunk_size: int = 200
+    chunk_size: int = 500
     #: One stream sticks to one notifier replica, so a chunk goes out over several streams.
     streams_per_chunk: int = 6
     #: Envoy's mesh listener, which balances the streams over the notifier replicas.
@@ -34,9 +34,9 @@ class BatchSettings:
     #: (harmless for mail, which is deduplicated, but wasted work).
     stale_after_s: float = 30.0
     #: Partitions a job is split into when it does not say; each is claimed by one replica.
-    partitions: int = 4
+    partitions: int = 8
     #: Partitions one replica runs at the same time.
-    max_partitions: int = 2
+    max_partitions: int = 4
     #: How often an idle replica looks for partitions to claim.
     poll_interval_s: float = 1.0
     #: Skips allowed per job when it does not say; -1 means no limit.

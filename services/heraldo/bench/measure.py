@@ -64,6 +64,8 @@ class RunResult:
     #: The machine's 1-minute load average as the run ended: above the CPU count, the figures
     #: measure the neighbours as much as the system.
     load_average_1m: float = field(default_factory=lambda: round(os.getloadavg()[0], 2))
+    #: How busy all CPUs were during the run, whoever used them: near 100, the run was CPU-bound.
+    machine_busy_percent: float | None = None
     detail: str = ""
     #: Heraldo runs: the job completed, every selected invoice has an outcome, none failed, and
     #: the sink received exactly as many messages as the job sent (none doubled, none missing).
@@ -87,12 +89,16 @@ class RunResult:
 
 
 class Sampler:
-    """Records the sink's count every SAMPLE_INTERVAL_S while a run is going."""
+    """Records the sink's count every SAMPLE_INTERVAL_S while a run is going, and what the run
+    cost the machine: all CPUs' busy share, and the CPU of the PostgreSQL server's processes
+    (when it runs on this machine; its processes come and go, so the sum is a lower bound)."""
 
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
         self.samples: list[tuple[float, int]] = []
         self.sink_cpu_s = 0.0
+        self.postgres_cpu_s = 0.0
+        self.machine_busy_percent: float | None = None
         self.base = 0
         self.started = 0.0
         self._sink_before: procstats.ProcessSample | None = None
@@ -101,6 +107,8 @@ class Sampler:
     def start(self) -> None:
         self.base = self.sink.watch_first()
         self._sink_before = procstats.sample(self.sink.pid)
+        self._machine_before = procstats.sample_machine()
+        self._postgres_before = procstats.sample_all(procstats.pids_named("postgres"))
         self.started = time.perf_counter()
         self._task = asyncio.create_task(self._sample())
 
@@ -118,6 +126,11 @@ class Sampler:
         sink_after = procstats.sample(self.sink.pid)
         if self._sink_before and sink_after:
             self.sink_cpu_s = round(sink_after.cpu_s - self._sink_before.cpu_s, 3)
+        self.machine_busy_percent = procstats.busy_percent(self._machine_before,
+                                                           procstats.sample_machine())
+        postgres_after = procstats.sample_all(procstats.pids_named("postgres"))
+        self.postgres_cpu_s = round(sum(procstats.cpu_used(self._postgres_before,
+                                                           postgres_after).values()), 3)
         return self.samples
 
     @property
@@ -157,8 +170,10 @@ async def run_heraldo(mesh: LocalMesh, sink: SmtpSink, database: BenchDatabase, 
     result = RunResult(
         system="heraldo", run=run, sent=sent, elapsed_s=round(elapsed_s, 3),
         first_email_s=sampler.first_email_s, samples=samples,
-        cpu_s={**procstats.cpu_used(before, after), "smtp-sink": sampler.sink_cpu_s},
+        cpu_s={**procstats.cpu_used(before, after), "smtp-sink": sampler.sink_cpu_s,
+               "postgres": sampler.postgres_cpu_s},
         peak_rss_mb={name: round(taken.peak_rss_kb / 1024, 1) for name, taken in after.items()},
+        machine_busy_percent=sampler.machine_busy_percent,
         detail=f"job {job['jobId']} {job['status']}: {json.dumps(job.get('counts', {}))}")
     counts = {key: int(value) for key, value in job.get("counts", {}).items()}
     outcomes = sum(counts.get(key, 0) for key in ("sent", "duplicate", "skipped", "failed"))
@@ -293,8 +308,10 @@ async def run_baseline(sink: SmtpSink, database: BenchDatabase, *, run: int,
     result = RunResult(
         system="baseline", run=run, sent=report["sent"], elapsed_s=round(report["elapsed_s"], 3),
         first_email_s=sampler.first_email_s, samples=samples,
-        cpu_s={"baseline": round(cpu_s, 3), "smtp-sink": sampler.sink_cpu_s},
+        cpu_s={"baseline": round(cpu_s, 3), "smtp-sink": sampler.sink_cpu_s,
+               "postgres": sampler.postgres_cpu_s},
         peak_rss_mb={"baseline": round(peak_kb / 1024, 1)},
+        machine_busy_percent=sampler.machine_busy_percent,
         detail=f"skipped {report['skipped']}; times from the script's start, after imports")
     result.latency_p50_s, result.latency_p99_s = _percentiles(report["latencies_s"])
     logger.info("baseline run done run=%d sent=%d elapsed_s=%.1f per_s=%.0f", run, result.sent,
@@ -314,6 +331,7 @@ async def run_ceiling(sink: SmtpSink, *, run: int, messages: int, sessions: int,
         system="ceiling", run=run, sent=messages, elapsed_s=round(source.elapsed_s, 3),
         first_email_s=sampler.first_email_s, samples=samples,
         cpu_s={"smtp-source": round(source.cpu_s, 3), "smtp-sink": sampler.sink_cpu_s},
+        machine_busy_percent=sampler.machine_busy_percent,
         detail=f"smtp-source -d -s {sessions}: {sessions} reused connections")
     logger.info("ceiling run done run=%d sent=%d elapsed_s=%.1f per_s=%.0f", run, messages,
                 result.elapsed_s, result.per_second)

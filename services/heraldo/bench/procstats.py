@@ -48,3 +48,46 @@ def cpu_used(before: dict[str, ProcessSample], after: dict[str, ProcessSample]
     """CPU seconds each process spent between two samples."""
     return {name: round(after[name].cpu_s - before[name].cpu_s, 3)
             for name in after if name in before}
+
+
+@dataclass(frozen=True)
+class MachineSample:
+    #: Clock ticks of all CPUs since boot: busy (user, system, interrupts, steal) and in total.
+    busy_ticks: int
+    total_ticks: int
+
+
+def sample_machine() -> MachineSample:
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is already within user).
+    idle = fields[3] + fields[4]
+    total = sum(fields[:8])
+    return MachineSample(busy_ticks=total - idle, total_ticks=total)
+
+
+def busy_percent(before: MachineSample, after: MachineSample) -> float | None:
+    """How busy all the machine's CPUs were between two samples: near 100 means CPU-bound."""
+    total = after.total_ticks - before.total_ticks
+    if total <= 0:
+        return None
+    return round(100 * (after.busy_ticks - before.busy_ticks) / total, 1)
+
+
+def pids_named(command: str) -> dict[str, int]:
+    """Every process whose command name is ``command`` (``postgres``: the server's processes)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", encoding="ascii", errors="replace") as comm:
+                if comm.read().strip() == command:
+                    found[f"{command}-{entry}"] = int(entry)
+        except OSError:
+            continue
+    return found
+
+
+def total_cpu_s(samples: dict[str, ProcessSample]) -> float:
+    return sum(taken.cpu_s for taken in samples.values())

@@ -43,6 +43,7 @@ def summarise(runs: list[RunResult]) -> dict:
             "per_second": _median([run.per_second for run in mine]),
             "per_second_runs": [round(run.per_second, 1) for run in mine],
             "load_average_1m_runs": [run.load_average_1m for run in mine],
+            "machine_busy_percent": _median([run.machine_busy_percent for run in mine]),
             "first_email_s": _median([run.first_email_s for run in mine]),
             "latency_p50_s": _median([run.latency_p50_s for run in mine]),
             "latency_p99_s": _median([run.latency_p99_s for run in mine]),
@@ -159,6 +160,7 @@ def table(summaries: dict[str, dict]) -> str:
                 f"  latency p50 {_seconds(figures['latency_p50_s'])}"
                 f" p99 {_seconds(figures['latency_p99_s'])}"
                 f"  CPU s/1000 {figures['cpu_s_per_1000']}"
+                f"  machine busy {_percent(figures.get('machine_busy_percent'))}"
                 f"  load {max(figures['load_average_1m_runs']):.1f}")
             if figures["peak_rss_mb"]:
                 lines.append("            peak RSS MB: " + ", ".join(
@@ -172,3 +174,7 @@ def table(summaries: dict[str, dict]) -> str:
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
