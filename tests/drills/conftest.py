@@ -26,6 +26,9 @@ from heraldo.mesh.supervisor import LocalMesh, MeshPorts, envoy_healthy_hosts
 DEMO_INVOICES = 1300
 #: Small chunks make the job long enough to be hurt in the middle, and each stall visible.
 CHUNK_SIZE = 40
+#: A paced job (about six seconds for the demo invoices) leaves time for a disruption to land
+#: in its middle and for the mesh to react before it ends, however fast the machine is.
+DRILL_RATE_PER_S = "200"
 SAMPLE_INTERVAL_S = 0.1
 JOB_TIMEOUT_S = 240.0
 
@@ -38,7 +41,8 @@ def drill_mesh(tmp_path_factory, mesh_database):
     starts from three (or more) healthy replicas.
     """
     mesh = LocalMesh(workdir=tmp_path_factory.mktemp("drill-mesh"), ports=MeshPorts.free(),
-                     database_url=mesh_database)
+                     database_url=mesh_database,
+                     kv_overrides={"config/notifier/rate_per_s": DRILL_RATE_PER_S})
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("CONSUL_HTTP_ADDR", raising=False)
         asyncio.run(mesh.start())

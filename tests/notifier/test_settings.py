@@ -15,7 +15,7 @@ def test_the_seed_gives_every_field():
     settings = resolve(NotifierSettings, SERVICE_SCOPE, load_seed(), env={})
 
     assert (settings.smtp_host, settings.smtp_port, settings.smtp_connections) == (
-        "127.0.0.1", 1025, 4)
+        "127.0.0.1", 1025, 8)
     assert settings.sender_address == "billing@heraldo.invalid"
     assert settings.shutdown_grace_s == 10.0
 
