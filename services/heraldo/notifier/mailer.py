@@ -15,6 +15,11 @@ extension (RFC 6531): such a message is sent with ``MAIL FROM:<...> SMTPUTF8`` w
 offers it, and is a permanent failure otherwise, as no ASCII spelling of the address exists.
 Configuration faults of the link itself (STARTTLS required but not offered, AUTH refused) are
 reported with a reason that names the setting, never worked around by sending in clear text.
+
+Each message costs four round trips (MAIL, RCPT, DATA, the content): aiosmtplib sends a command
+and waits for its reply, and has no PIPELINING (RFC 2920), which would send the first three at
+once. Their socket writes alone are about an eighth of a notifier's CPU, close to gRPC's
+share; more connections hide the latency, not the CPU.
 """
 
 from __future__ import annotations
