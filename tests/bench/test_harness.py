@@ -77,6 +77,27 @@ def test_process_figures_come_from_proc():
     assert procstats.sample(2 ** 22 + 1) is None
 
 
+def test_machine_busy_share_follows_work_done_between_two_samples():
+    before = procstats.sample_machine()
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    busy = procstats.busy_percent(before, procstats.sample_machine())
+
+    # At least this process's spin, spread over every CPU; never more than all of them.
+    assert 100 / os.cpu_count() * 0.5 <= busy <= 100
+
+
+def test_processes_are_found_by_command_name():
+    with open(f"/proc/{os.getpid()}/comm", encoding="ascii") as comm:
+        command = comm.read().strip()
+
+    found = procstats.pids_named(command)
+
+    assert found[f"{command}-{os.getpid()}"] == os.getpid()
+    assert procstats.pids_named("no-such-command-here") == {}
+
+
 def test_sink_counts_what_smtp_source_sends(sink, tmp_path):
     message = sample_message(tmp_path / "message.eml", "Billing <billing@heraldo.invalid>")
     sink.watch_first()
