@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,10 +59,14 @@ def _convert(raw: str, target: type, key: str) -> Any:
         if target is int:
             return int(raw)
         if target is float:
-            return float(raw)
+            value = float(raw)
+            # float() also reads "nan", "inf" and 1e400: none is a usable duration or rate.
+            if not math.isfinite(value):
+                raise ValueError("not a finite number")
+            return value
         return raw
     except ValueError as exc:
-        expected = {int: "a whole number", float: "a number"}.get(target)
+        expected = {int: "a whole number", float: "a finite number"}.get(target)
         problem = f"expected {expected}" if expected else str(exc)
         raise ConfigError(f"{key}={raw!r}: {problem}") from exc
 

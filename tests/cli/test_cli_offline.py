@@ -64,6 +64,8 @@ def test_money_is_exact():
 @pytest.mark.parametrize(("key", "value", "problem"), [
     ("config/batch/chunk_size", "0", "chunk_size must be positive"),
     ("config/batch/chunk_size", "many", "expected a whole number"),
+    ("config/notifier/smtp_timeout_s", "nan", "expected a finite number"),
+    ("config/batch/retry_backoff_s", "inf", "expected a finite number"),
     ("config/notifier/smtp_port", "70000", "smtp_port must be between"),
     ("config/application/log_level", "LOUD", "log_level must be one of"),
     ("config/controlplane/cluster_services", "notifier", "is not cluster=service"),

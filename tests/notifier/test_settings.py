@@ -51,3 +51,15 @@ def test_a_bad_kv_value_keeps_the_last_good_settings():
 def test_a_bad_environment_value_is_an_error():
     with pytest.raises(ConfigError):
         resolve(NotifierSettings, SERVICE_SCOPE, load_seed(), env={"HERALDO_SMTP_PORT": "x"})
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
+def test_a_duration_that_is_not_a_finite_number_is_refused(value):
+    # float() reads all of these; a timer built from one fails every send.
+    good = resolve(NotifierSettings, SERVICE_SCOPE, load_seed(), env={})
+    kv = {**load_seed(), "config/notifier/smtp_timeout_s": value}
+
+    assert resolve(NotifierSettings, SERVICE_SCOPE, kv, env={}, fallback=good) == good
+    with pytest.raises(ConfigError, match="SMTP_TIMEOUT_S.*finite number"):
+        resolve(NotifierSettings, SERVICE_SCOPE, load_seed(),
+                env={"HERALDO_SMTP_TIMEOUT_S": value})
