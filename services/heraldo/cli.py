@@ -17,8 +17,8 @@ http://127.0.0.1:8080) with ``Authorization: Bearer <token>``, the token taken f
 var/credentials.json, written by the local mesh, when it exists). ``mesh`` and ``config`` talk to
 Consul (``--consul``, env ``CONSUL_HTTP_ADDR``, default 127.0.0.1:8500).
 
-Exit status: 0 done; 1 a watched job ended other than COMPLETED or a sent notification was not
-delivered; 2 an error, printed as one line on stderr.
+Exit status: 0 done; 1 a watched job ended other than COMPLETED or with failed notifications, or
+a sent notification was not delivered; 2 an error, printed as one line on stderr.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from heraldo import db
+from heraldo.argparsing import OneLineParser
 from heraldo.errors import ConfigError, HeraldoError, InvalidArgument, NotFound, Unavailable
 from heraldo.registry import ConsulAddress, seed_kv
 from heraldo.settings import KV_PREFIX, SHARED_SCOPE, _convert, load_seed, resolve
@@ -271,7 +272,14 @@ def start_body(args: argparse.Namespace) -> dict:
         parameters["template"] = args.template
     if args.chunk_size:
         parameters["chunkSize"] = args.chunk_size
-    return {"jobName": args.name, "parameters": parameters}
+    if args.skip_limit is not None:
+        parameters["skipLimit"] = args.skip_limit
+    if args.partitions:
+        parameters["partitions"] = args.partitions
+    body = {"jobName": args.name, "parameters": parameters}
+    if args.new_instance:
+        body["newInstance"] = True
+    return body
 
 
 def job_path(job_id: str, suffix: str = "") -> str:
@@ -329,7 +337,10 @@ def run_jobs(args: argparse.Namespace, api: HttpApi) -> int:
             return EXIT_OK
     final = watch_job(api, job["jobId"])
     print(job_details(final))
-    return EXIT_OK if final.get("status") == "JOB_STATUS_COMPLETED" else EXIT_NOT_DONE
+    # A job completes even when some of its emails failed (they are counted, with reasons): a
+    # script that watches it needs to hear about those as well.
+    completed = final.get("status") == "JOB_STATUS_COMPLETED"
+    return EXIT_OK if completed and not _count(final, "failed") else EXIT_NOT_DONE
 
 
 # --- send ------------------------------------------------------------------------------------
@@ -474,11 +485,13 @@ def run_config(args: argparse.Namespace, api: HttpApi) -> int:
         print("\n".join(f"{key.ljust(width)}  {value}" for key, value in sorted(kv.items()))
               or "no settings in Consul KV (heraldo setup writes the defaults)")
         return EXIT_OK
+    # Stored as it was validated, without the blanks a shell quote may have kept around it.
+    value = args.value.strip()
     # Validated against the seed under KV: a key not in KV yet is still at its default.
-    readers = validate_setting(args.key, args.value, {**load_seed(), **kv})
-    if api.call("PUT", f"/v1/kv/{args.key}", raw=args.value.encode("utf-8")) is not True:
+    readers = validate_setting(args.key, value, {**load_seed(), **kv})
+    if api.call("PUT", f"/v1/kv/{args.key}", raw=value.encode("utf-8")) is not True:
         raise RequestFailed(f"Consul did not store {args.key}")
-    print(f"{args.key} = {args.value!r}; " + "; ".join(
+    print(f"{args.key} = {value!r}; " + "; ".join(
         when_applied(service, args.key.rsplit("/", 1)[1]) for service in readers))
     return EXIT_OK
 
@@ -508,7 +521,7 @@ def run_import(argv: list[str]) -> int:
     from heraldo.importer import __main__ as importer
 
     if argv[:1] != ["online-retail"] or len(argv) < 2 or not sys.stderr.isatty():
-        return importer.main(argv)
+        return importer.main(argv, prog="heraldo import")
     total = count_lines(argv[1])
     started = time.monotonic()
 
@@ -524,7 +537,7 @@ def run_import(argv: list[str]) -> int:
 
     # The importer reports progress through this module-level hook; the bar replaces it.
     importer._print_progress = show
-    return importer.main(argv)
+    return importer.main(argv, prog="heraldo import")
 
 
 # --- setup and probe -------------------------------------------------------------------------
@@ -596,14 +609,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _skip_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, or -1 for no limit, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="heraldo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The module's docstring, without the code markup meant for readers of the source.
+    parser = OneLineParser(prog="heraldo", description=__doc__.replace("``", ""),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     edge = argparse.ArgumentParser(add_help=False)
     edge.add_argument("--edge", default=os.environ.get("HERALDO_EDGE_URL", DEFAULT_EDGE_URL),
                       help="Envoy's edge (env HERALDO_EDGE_URL; default %(default)s)")
     edge.add_argument("--credentials", metavar="FILE",
-                      help=f"JSON with a 'token' (default {DEFAULT_CREDENTIALS} if it exists)")
+                      help=f"JSON with a 'token' or 'authorization' (default "
+                           f"{DEFAULT_CREDENTIALS} if it exists)")
     consul = argparse.ArgumentParser(add_help=False)
     consul.add_argument("--consul", metavar="HOST:PORT",
                         help="Consul's HTTP API (env CONSUL_HTTP_ADDR; default 127.0.0.1:8500)")
@@ -622,28 +647,36 @@ def build_parser() -> argparse.ArgumentParser:
                        help="document kind (repeatable; default invoice)")
     start.add_argument("--template", help="template set (default: the notifier's)")
     start.add_argument("--chunk-size", type=_positive_int, help="invoices per chunk")
+    start.add_argument("--skip-limit", type=_skip_limit, metavar="N",
+                       help="skipped invoices allowed before the job fails; -1 for no limit")
+    start.add_argument("--partitions", type=_positive_int, metavar="N",
+                       help="slices of the job that batch replicas run in parallel")
+    start.add_argument("--new-instance", action="store_true",
+                       help="run again as a new instance even if this one completed "
+                            "(its customers are notified again)")
     start.add_argument("--watch", action="store_true", help="follow it until it ends")
     listing = job_commands.add_parser("list", parents=[edge], help="newest jobs first")
-    listing.add_argument("--limit", type=_positive_int, default=20)
+    listing.add_argument("--limit", type=_positive_int, default=20,
+                         help="how many jobs at most (%(default)s)")
     for name, text in (("show", "a job's counts, reasons and replicas"),
                        ("watch", "a live progress bar until the job ends"),
                        ("stop", "stop after the chunk in flight"),
                        ("restart", "restart a stopped or failed job from its checkpoint")):
         command = job_commands.add_parser(name, parents=[edge], help=text)
-        command.add_argument("job_id")
+        command.add_argument("job_id", help="the job's id, as jobs start and jobs list print it")
         if name == "restart":
             command.add_argument("--watch", action="store_true", help="follow it until it ends")
 
     send = commands.add_parser("send", parents=[edge], help="send one ad-hoc notification")
-    send.add_argument("--to", required=True, metavar="EMAIL")
+    send.add_argument("--to", required=True, metavar="EMAIL", help="recipient's address")
     send.add_argument("--name", help="recipient's name")
-    send.add_argument("--invoice", required=True, metavar="NUMBER")
+    send.add_argument("--invoice", required=True, metavar="NUMBER", help="invoice number")
     send.add_argument("--amount", required=True, help="e.g. 12.50")
-    send.add_argument("--currency", default="GBP")
-    send.add_argument("--issued", type=parse_date, metavar="DATE")
-    send.add_argument("--due", type=parse_date, metavar="DATE")
+    send.add_argument("--currency", default="GBP", help="ISO 4217 code (%(default)s)")
+    send.add_argument("--issued", type=parse_date, metavar="DATE", help="issue date (2011-12-01)")
+    send.add_argument("--due", type=parse_date, metavar="DATE", help="due date (2011-12-31)")
     send.add_argument("--credit-note", action="store_true", help="a credit note, not an invoice")
-    send.add_argument("--template")
+    send.add_argument("--template", help="template set (default: the notifier's)")
     send.add_argument("--locale", help="e.g. es-ES (default: the notifier's)")
     send.add_argument("--id", help="notification id (default: a new one); resending one is a "
                                    "DUPLICATE, not a second mail")
@@ -656,17 +689,19 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="settings in Consul KV")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     get = config_commands.add_parser("get", parents=[consul], help="show one key or all")
-    get.add_argument("key", nargs="?")
+    get.add_argument("key", nargs="?", help="one key (default: every key under config/)")
     put = config_commands.add_parser("set", parents=[consul], help="validate and write a key")
     put.add_argument("key", help="config/<service>/<name> or config/application/<name>")
-    put.add_argument("value")
+    put.add_argument("value", help="checked against the settings of every service reading it")
 
     commands.add_parser("import", help="load invoices (heraldo import --help)")
     commands.add_parser("setup", help="seed Consul KV and create the schema")
     db_parser = commands.add_parser("db", help="database schema migrations (DATABASE_URL)")
-    db_parser.add_argument("action", choices=("upgrade",))
+    db_parser.add_argument("action", choices=("upgrade",),
+                           help="upgrade: migrate the database to the newest schema")
     probe_parser = commands.add_parser("probe", help="gRPC health check of HOST:PORT")
-    probe_parser.add_argument("target")
+    probe_parser.add_argument("target", metavar="HOST:PORT",
+                              help="a gRPC server with health checks")
     return parser
 
 

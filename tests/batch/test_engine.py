@@ -295,7 +295,7 @@ async def test_claiming_skips_partitions_another_replica_has_locked(engine, noti
 
 async def test_starting_with_bad_parameters_creates_nothing(engine, replicas):
     batch = replicas.start("batch-1")
-    for parameters, field in ((batch_pb2.JobParameters(skip_limit=-1), "parameters.skip_limit"),
+    for parameters, field in ((batch_pb2.JobParameters(skip_limit=-2), "parameters.skip_limit"),
                               (batch_pb2.JobParameters(partitions=1000), "parameters.partitions"),
                               (batch_pb2.JobParameters(template="nope"), "parameters.template")):
         with pytest.raises(Exception) as caught:

@@ -114,8 +114,8 @@ def test_config_set_validates_before_writing(capsys, loaded_mesh):
     code, out, _ = run(capsys, "config", "get", "config/batch/streams_per_chunk", *consul)
     assert out.strip() == "6"
 
-    code, out, err = run(capsys, "config", "set", "config/batch/streams_per_chunk", "8", *consul)
+    code, out, err = run(capsys, "config", "set", "config/batch/streams_per_chunk", " 8 ", *consul)
     assert code == 0, err
     assert "read by batch at its next start" in out
     code, out, _ = run(capsys, "config", "get", "config/batch/streams_per_chunk", *consul)
-    assert out.strip() == "8"
+    assert out == "8\n"

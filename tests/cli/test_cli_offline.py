@@ -107,6 +107,28 @@ def test_the_original_commands_are_still_there(capsys):
         assert command in out
 
 
+def test_start_options_become_the_rest_body_the_edge_expects():
+    args = cli.build_parser().parse_args([
+        "jobs", "start", "december", "--chunk-size", "100", "--skip-limit", "-1",
+        "--partitions", "2", "--new-instance"])
+
+    assert cli.start_body(args) == {
+        "jobName": "december", "newInstance": True,
+        "parameters": {"chunkSize": 100, "skipLimit": -1, "partitions": 2}}
+    assert "newInstance" not in cli.start_body(
+        cli.build_parser().parse_args(["jobs", "start", "december"]))
+
+
+@pytest.mark.parametrize("option", [["--skip-limit", "-2"], ["--skip-limit", "x"],
+                                    ["--partitions", "0"]])
+def test_a_bad_start_option_is_one_line_and_exit_2(option, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["jobs", "start", "december", *option])
+
+    assert exited.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
 def test_the_local_meshs_addresses_are_defaults_the_environment_overrides(tmp_path, monkeypatch):
     mesh_file = tmp_path / "mesh.json"
     mesh_file.write_text(json.dumps({

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import socket
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import pytest
 
+from heraldo.mesh.__main__ import report_exits
 from heraldo.mesh.supervisor import LocalMesh, MeshError, MeshPorts, database_name_for
 
 
@@ -33,3 +38,35 @@ def test_each_working_directory_gets_its_own_database(tmp_path):
     assert first != second
     assert first == database_name_for(tmp_path / "a" / "var")
     assert first.startswith("heraldo_")
+
+
+@dataclasses.dataclass
+class _ExitingChild:
+    name: str
+    process: subprocess.Popen
+
+    def log_tail(self) -> str:
+        return "starting\nlost the database\n"
+
+
+def test_make_up_says_once_which_process_exited_and_keeps_the_rest(capsys):
+    exiting = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    mesh = SimpleNamespace(children=[_ExitingChild("notifier-3", exiting),
+                                     _ExitingChild("notifier-1", running)])
+
+    async def watch_for_a_second() -> None:
+        watcher = asyncio.create_task(report_exits(mesh, interval_s=0.05))
+        await asyncio.sleep(1.0)
+        watcher.cancel()
+
+    try:
+        asyncio.run(watch_for_a_second())
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1
+        assert err[0].startswith("heraldo mesh: notifier-3 exited with code 3; the rest keep")
+        assert err[0].endswith("Last log line: lost the database")
+        assert running.poll() is None
+    finally:
+        running.kill()
+        running.wait()

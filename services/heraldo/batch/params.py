@@ -103,9 +103,10 @@ def parse_params(message: batch_pb2.JobParameters, *, templates: frozenset[str],
                               f"must be between 1 and {MAX_CHUNK_SIZE}, got {message.chunk_size}")
     skip_limit = default_skip_limit
     if message.HasField("skip_limit"):
-        if message.skip_limit < 0:
+        if message.skip_limit < -1:
             raise InvalidArgument("parameters.skip_limit",
-                                  f"must be 0 or more, got {message.skip_limit}")
+                                  f"must be 0 or more, or -1 for no limit; got "
+                                  f"{message.skip_limit}")
         skip_limit = message.skip_limit
     if not 0 <= message.partitions <= MAX_PARTITIONS:
         raise InvalidArgument("parameters.partitions",

@@ -257,8 +257,8 @@ class JobRepository:
         if previous.status == COMPLETED:
             raise Conflict(
                 f"job instance {previous.instance_id} already completed as job {previous.id}; "
-                "ask for a new instance (new_instance), or change the parameters or the job "
-                "name, to run it again")
+                "ask for a new instance (newInstance in REST, --new-instance in the CLI), or "
+                "change the parameters or the job name, to run it again")
         if previous.status in RUNNING_STATUSES:
             raise Conflict(
                 f"job instance {previous.instance_id} is already running as job {previous.id}")

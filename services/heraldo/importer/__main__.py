@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from heraldo import db, logs
+from heraldo.argparsing import OneLineParser
 from heraldo.errors import HeraldoError, Unavailable
 from heraldo.importer.demo import DEFAULT_INVOICES, DEFAULT_SEED, load_demo
 from heraldo.importer.online_retail import SourceFileError, check_source, import_online_retail
@@ -26,29 +27,33 @@ EXIT_DATABASE_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    """``prog`` names the command in usage and errors (``heraldo import`` from the CLI)."""
+    args = _parser(prog).parse_args(argv)
     logs.configure("WARNING")
     try:
         return asyncio.run(_run(args))
     except SourceFileError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (HeraldoError, sa.exc.SQLAlchemyError, OSError) as exc:
         # One readable line: a failed statement's SQL and parameters are no use here.
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"{PROG}: {detail}", file=sys.stderr)
+        print(f"{prog}: {detail}", file=sys.stderr)
         return EXIT_DATABASE_FAILED
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=prog,
+                                     description=__doc__.splitlines()[0].replace("``", ""))
     commands = parser.add_subparsers(dest="command", required=True)
     retail = commands.add_parser("online-retail", help="import the UCI Online Retail CSV (.csv.gz)")
     retail.add_argument("file", help="online_retail.csv.gz or a plain CSV with the same header")
     demo = commands.add_parser("demo", help="load the deterministic demo data set")
-    demo.add_argument("--invoices", type=_positive_int, default=DEFAULT_INVOICES)
-    demo.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    demo.add_argument("--invoices", type=_positive_int, default=DEFAULT_INVOICES,
+                      help="how many documents to generate (%(default)s)")
+    demo.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                      help="the generator's seed; the same seed gives the same data (%(default)s)")
     return parser
 
 

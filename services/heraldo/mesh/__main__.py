@@ -139,6 +139,25 @@ async def run_demo(mesh: LocalMesh, invoices: int) -> int:
     return 0
 
 
+async def report_exits(mesh: LocalMesh, *, interval_s: float = 1.0) -> None:
+    """Runs until cancelled, saying once for each process of the mesh that exits on its own.
+
+    The rest keep running: two notifiers still deliver, for example, which is how the mesh
+    behaves when a replica dies. Nothing is restarted behind the operator's back.
+    """
+    reported: set[str] = set()
+    while True:
+        for child in mesh.children:
+            if child.name in reported or child.process is None or child.process.poll() is None:
+                continue
+            reported.add(child.name)
+            last_line = (child.log_tail().strip().splitlines() or [""])[-1]
+            print(f"heraldo mesh: {child.name} exited with code {child.process.returncode}; the "
+                  f"rest keep running (restart make up to bring it back). Last log line: "
+                  f"{last_line}", file=sys.stderr, flush=True)
+        await asyncio.sleep(interval_s)
+
+
 def print_usage(mesh: LocalMesh) -> None:
     auth_command = ("AUTH=\"$(python3 -c 'import json; print(json.load(open("
                     f"\"{mesh.credentials.credentials_path}\"))[\"authorization\"])')\"")
@@ -153,7 +172,7 @@ Heraldo is running (logs in {mesh.workdir / 'logs'}). Press Ctrl-C to stop.
   gRPC (reflection):  grpcurl -plaintext 127.0.0.1:{mesh.ports.edge} list   (no token needed)
                       grpcurl -plaintext -H "Authorization: $AUTH" 127.0.0.1:{mesh.ports.edge} \\
                            heraldo.v1.BatchService/ListJobs
-  Console:            {mesh.console_url}#token=<the token above>
+  Console:            {mesh.console_url}#token=<the token in the credentials file>
   CLI:                .venv/bin/heraldo jobs list   (finds the mesh in {mesh.workdir}/mesh.json)
   Consul:             {mesh.consul_address.url}/ui  ({mesh.consul_description})
   SMTP sink:          {mesh.sink_url}
@@ -180,7 +199,7 @@ async def main(argv: list[str] | None = None) -> int:
                 return await run_demo(mesh, args.invoices)
             await load_demo_data(mesh, args.invoices)
             print_usage(mesh)
-            await asyncio.Event().wait()
+            await report_exits(mesh)
     except HeraldoError as exc:
         print(f"heraldo mesh: {exc}", file=sys.stderr)
         return 2
