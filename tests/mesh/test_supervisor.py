@@ -12,7 +12,13 @@ from types import SimpleNamespace
 import pytest
 
 from heraldo.mesh.__main__ import report_exits
-from heraldo.mesh.supervisor import LocalMesh, MeshError, MeshPorts, database_name_for
+from heraldo.mesh.supervisor import (
+    LocalMesh,
+    MeshError,
+    MeshPorts,
+    choose_database,
+    database_name_for,
+)
 
 
 async def test_a_taken_port_stops_the_mesh_before_anything_starts(tmp_path):
@@ -70,3 +76,21 @@ def test_make_up_says_once_which_process_exited_and_keeps_the_rest(capsys):
     finally:
         running.kill()
         running.wait()
+
+
+def test_a_local_postgres_setting_that_is_not_a_url_is_one_clear_error(monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("HERALDO_LOCAL_POSTGRES", "127.0.0.1:5432")
+
+    with pytest.raises(MeshError, match="HERALDO_LOCAL_POSTGRES='127.0.0.1:5432' is not a "):
+        asyncio.run(choose_database())
+
+
+def test_no_postgres_at_the_local_address_means_the_embedded_database(monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    monkeypatch.setenv("HERALDO_LOCAL_POSTGRES", f"postgresql://postgres@127.0.0.1:{port}")
+
+    assert asyncio.run(choose_database()) == ""

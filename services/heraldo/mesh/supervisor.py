@@ -444,6 +444,9 @@ async def choose_database(configured: str = "", *, name: str = "heraldo") -> str
         logger.info("PostgreSQL at %s refused us (%s): using the embedded SQLite database",
                     server, exc)
         return ""
+    except (asyncpg.ClientConfigurationError, ValueError) as exc:
+        raise MeshError(f"HERALDO_LOCAL_POSTGRES={server!r} is not a PostgreSQL server URL like "
+                        f"{LOCAL_POSTGRES}: {exc}") from exc
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
