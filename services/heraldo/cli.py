@@ -51,7 +51,7 @@ from heraldo import db
 from heraldo.argparsing import OneLineParser
 from heraldo.errors import ConfigError, HeraldoError, InvalidArgument, NotFound, Unavailable
 from heraldo.registry import ConsulAddress, seed_kv
-from heraldo.settings import KV_PREFIX, SHARED_SCOPE, _convert, load_seed, resolve
+from heraldo.settings import KV_PREFIX, SHARED_SCOPE, convert, load_seed, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -345,14 +345,22 @@ def run_jobs(args: argparse.Namespace, api: HttpApi) -> int:
 
 # --- send ------------------------------------------------------------------------------------
 
+#: google.type.Money keeps whole units in an int64.
+MAX_MONEY_UNITS = 2 ** 63
+
+
 def money(amount: str, currency: str) -> dict:
     """``12.50`` GBP as ``google.type.Money`` JSON (units as a string, nanos as a number)."""
     try:
         value = decimal.Decimal(amount)
     except decimal.InvalidOperation as exc:
         raise InvalidArgument("--amount", f"{amount!r} is not a number like 12.50") from exc
-    if not value.is_finite() or value.as_tuple().exponent < -9:
+    if not value.is_finite():
+        raise InvalidArgument("--amount", f"{amount!r} is not a number like 12.50")
+    if value.as_tuple().exponent < -9:
         raise InvalidArgument("--amount", f"{amount!r} has more than nine decimals")
+    if abs(value) >= MAX_MONEY_UNITS:
+        raise InvalidArgument("--amount", f"{amount!r} is too large")
     units = int(value)
     nanos = int((value - units) * 1_000_000_000)
     return {"currencyCode": currency.upper(), "units": str(units), "nanos": nanos}
@@ -458,7 +466,7 @@ def validate_setting(key: str, value: str, current: dict[str, str]) -> list[str]
     proposed = {**current, key: value}
     for service in readers:
         cls = classes[service]
-        _convert(value, get_type_hints(cls)[name], key)
+        convert(value, get_type_hints(cls)[name], key)
         try:
             resolve(cls, service, proposed, env={})
         except ConfigError as exc:

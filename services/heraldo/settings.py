@@ -49,7 +49,12 @@ def load_seed(path: Path | None = None) -> dict[str, str]:
     return seed
 
 
-def _convert(raw: str, target: type, key: str) -> Any:
+def convert(raw: str, target: type, key: str) -> Any:
+    """``raw`` as a value of ``target`` (bool, int, float or str).
+
+    Raises:
+        ConfigError: naming ``key``, when ``raw`` is not such a value (floats must be finite).
+    """
     try:
         if target is bool:
             lowered = raw.strip().lower()
@@ -99,12 +104,12 @@ def resolve(
             if key not in kv:
                 continue
             try:
-                values[field.name] = _convert(kv[key], target, key)
+                values[field.name] = convert(kv[key], target, key)
             except ConfigError as exc:
                 logger.warning("ignoring bad setting key=%s: %s", key, exc)
         env_key = f"HERALDO_{field.name.upper()}"
         if env_key in env:
-            values[field.name] = _convert(env[env_key], target, env_key)
+            values[field.name] = convert(env[env_key], target, env_key)
         if field.name not in values and fallback is not None:
             values[field.name] = getattr(fallback, field.name)
 
@@ -122,5 +127,15 @@ def resolve(
 
 def positive(name: str, value: float) -> None:
     """Validation helper for ``__post_init__``: raises ValueError naming the field."""
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
+
+
+def not_negative(name: str, value: float) -> None:
+    """Validation helper for ``__post_init__``: raises ValueError naming the field."""
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from heraldo import cli
-from heraldo.errors import ConfigError
+from heraldo.errors import ConfigError, InvalidArgument
 from heraldo.settings import load_seed
 
 
@@ -52,6 +52,14 @@ def test_progress_line_shows_bar_counts_rate_and_time_left():
     assert line.startswith("[" + "#" * 7 + "." * 23 + "]  25.0% 250/1000")
     assert "sent 240 skipped 10 failed 0" in line
     assert "85/s" in line and "left 1:15" in line and line.endswith("STARTED")
+
+
+@pytest.mark.parametrize(("amount", "problem"), [
+    ("nan", "is not a number"), ("inf", "is not a number"), ("twelve", "is not a number"),
+    ("1.0000000001", "more than nine decimals"), ("1e30", "too large")])
+def test_an_amount_money_cannot_hold_is_refused(amount, problem):
+    with pytest.raises(InvalidArgument, match=problem):
+        cli.money(amount, "GBP")
 
 
 def test_money_is_exact():

@@ -94,3 +94,16 @@ def test_no_postgres_at_the_local_address_means_the_embedded_database(monkeypatc
     monkeypatch.setenv("HERALDO_LOCAL_POSTGRES", f"postgresql://postgres@127.0.0.1:{port}")
 
     assert asyncio.run(choose_database()) == ""
+
+
+def test_a_killed_process_is_named_with_its_signal_and_an_empty_mesh_stops_watching(capsys):
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    killed.kill()
+    killed.wait()
+    mesh = SimpleNamespace(children=[_ExitingChild("notifier-2", killed)])
+
+    asyncio.run(asyncio.wait_for(report_exits(mesh, interval_s=0.05), timeout=10))
+
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("heraldo mesh: notifier-2 was killed by SIGKILL; the rest keep")
+    assert err[1] == "heraldo mesh: every process of the mesh has exited; stopping"

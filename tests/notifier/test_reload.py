@@ -125,14 +125,21 @@ async def test_a_bad_value_in_kv_is_rejected_by_key_and_the_last_good_one_stays(
 
     await consul_kv.kv.put(RATE_KEY, "-3")
     await consul_kv.kv.put("config/notifier/smtp_port", "smtp")
+    # float() reads these; a timer built from one fails every send.
+    await consul_kv.kv.put("config/notifier/smtp_timeout_s", "nan")
+    await consul_kv.kv.put("config/notifier/smtp_retry_backoff_s", "inf")
     await consul_kv.kv.put("config/notifier/domain_rate_per_s", "2")
     await until(lambda: notifier.servicer.settings.domain_rate_per_s == 2, "the good change")
 
     rejected = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rejected")]
-    assert any("key=config/notifier/rate_per_s value='-3'" in line for line in rejected)
-    assert any("key=config/notifier/smtp_port value='smtp'" in line for line in rejected)
+    for key, value in ((RATE_KEY, "-3"), ("config/notifier/smtp_port", "smtp"),
+                       ("config/notifier/smtp_timeout_s", "nan"),
+                       ("config/notifier/smtp_retry_backoff_s", "inf")):
+        assert any(f"key={key} value='{value}'" in line for line in rejected), key
     assert notifier.servicer.rate_per_s == 12
     assert notifier.servicer.settings.smtp_port == notifier.settings.smtp_port
+    assert notifier.servicer.settings.smtp_timeout_s == notifier.settings.smtp_timeout_s
+    assert notifier.servicer.settings.smtp_retry_backoff_s == notifier.settings.smtp_retry_backoff_s
 
 
 async def test_a_new_smtp_target_in_kv_takes_the_next_messages(

@@ -33,6 +33,8 @@ def test_environment_wins_over_kv():
     ("smtp_connections", 0), ("max_in_flight", -1), ("sender", "nobody"),
     ("reply_to", "not an address"), ("default_template", "../etc"), ("default_locale", "e"),
     ("log_level", "LOUD"), ("check_interval_s", 0), ("shutdown_grace_s", -1),
+    ("smtp_timeout_s", float("nan")), ("rate_per_s", float("inf")),
+    ("smtp_retry_backoff_s", float("nan")),
 ])
 def test_a_bad_value_is_refused_naming_its_field(field, value):
     good = resolve(NotifierSettings, SERVICE_SCOPE, load_seed(), env={})

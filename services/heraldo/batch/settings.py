@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from heraldo.settings import positive
+from heraldo.settings import not_negative, positive
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,7 @@ class BatchSettings:
                              "looks dead between two heartbeats")
         if self.skip_limit < -1:
             raise ValueError("skip_limit must be -1 (no limit) or more")
-        if self.retry_backoff_s < 0:
-            raise ValueError("retry_backoff_s must not be negative")
+        not_negative("retry_backoff_s", self.retry_backoff_s)
         if ":" not in self.mesh_address:
             raise ValueError(f"mesh_address must be host:port, got {self.mesh_address!r}")
 

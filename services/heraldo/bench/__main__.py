@@ -218,6 +218,11 @@ async def main(argv: list[str] | None = None) -> int:
     for check in document["targets"]:
         verdict = {True: "met", False: "MISSED", None: "n/a"}[check["met"]]
         print(f"  target {verdict:6s} {check['target']}: {check['measured']}")
+    for name, result in document["workloads"].items():
+        checked = [run for run in result["runs"] if run["system"] == "heraldo"]
+        passed = sum(1 for run in checked if run["exactly_once"])
+        print(f"  {name}: exactly once {'passed' if passed == len(checked) else 'FAILED'} "
+              f"in {passed} of {len(checked)} Heraldo runs; plot {result.get('plot') or '-'}")
     print(f"results: {path}")
     completed = all(result.get("completed") for result in document["workloads"].values())
     return 0 if completed else 1

@@ -159,7 +159,7 @@ def table(summaries: dict[str, dict]) -> str:
                 f"  first email {_seconds(figures['first_email_s'])}"
                 f"  latency p50 {_seconds(figures['latency_p50_s'])}"
                 f" p99 {_seconds(figures['latency_p99_s'])}"
-                f"  CPU s/1000 {figures['cpu_s_per_1000']}"
+                f"  CPU ms/email {figures['cpu_s_per_1000']}"
                 f"  machine busy {_percent(figures.get('machine_busy_percent'))}"
                 f"  load {max(figures['load_average_1m_runs']):.1f}")
             if figures["peak_rss_mb"]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from heraldo.settings import positive
+from heraldo.settings import not_negative, positive
 
 
 def parse_cluster_services(raw: str) -> dict[str, str]:
@@ -51,8 +51,7 @@ class ControlPlaneSettings:
         for name in ("check_interval_s", "deregister_critical_after_s", "blocking_wait_s",
                      "consul_retry_backoff_s", "consul_retry_backoff_max_s", "recovery_grace_s"):
             positive(name, getattr(self, name))
-        if self.shutdown_grace_s < 0:
-            raise ValueError("shutdown_grace_s must not be negative")
+        not_negative("shutdown_grace_s", self.shutdown_grace_s)
         if self.consul_retry_backoff_max_s < self.consul_retry_backoff_s:
             raise ValueError("consul_retry_backoff_max_s must not be below consul_retry_backoff_s")
         # Consul caps a blocking query's wait at ten minutes.

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import datetime as dt
 import logging
+import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -152,10 +153,23 @@ async def report_exits(mesh: LocalMesh, *, interval_s: float = 1.0) -> None:
                 continue
             reported.add(child.name)
             last_line = (child.log_tail().strip().splitlines() or [""])[-1]
-            print(f"heraldo mesh: {child.name} exited with code {child.process.returncode}; the "
+            print(f"heraldo mesh: {child.name} {exit_description(child.process.returncode)}; the "
                   f"rest keep running (restart make up to bring it back). Last log line: "
                   f"{last_line}", file=sys.stderr, flush=True)
+        if mesh.children and len(reported) == len(mesh.children):
+            print("heraldo mesh: every process of the mesh has exited; stopping", file=sys.stderr)
+            return
         await asyncio.sleep(interval_s)
+
+
+def exit_description(returncode: int) -> str:
+    """``exited with code 3``, or ``was killed by SIGKILL`` for a negative code."""
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
 
 
 def print_usage(mesh: LocalMesh) -> None:

@@ -24,21 +24,14 @@ from typing import get_type_hints
 
 import consul.aio
 
+from heraldo.errors import ConfigError
 from heraldo.notifier.render import InvalidTemplate, overrides_from_kv
 from heraldo.notifier.servicer import NotifierServicer
 from heraldo.notifier.settings import SERVICE_SCOPE, NotifierSettings
 from heraldo.registry import watch_kv_tree, watch_passing_instances
-from heraldo.settings import KV_PREFIX, SHARED_SCOPE
+from heraldo.settings import KV_PREFIX, SHARED_SCOPE, convert
 
 logger = logging.getLogger(__name__)
-
-
-def _convert(raw: str, target: type) -> object:
-    if target is int:
-        return int(raw)
-    if target is float:
-        return float(raw)
-    return raw
 
 
 def _shown(name: str, value: object) -> str:
@@ -64,11 +57,11 @@ def updated_settings(current: NotifierSettings, kv: Mapping[str, str],
             continue
         key = keys[-1]
         try:
-            value = _convert(kv[key], hints[name])
+            value = convert(kv[key], hints[name], key)
             if value == getattr(settings, name):
                 continue
             settings = dataclasses.replace(settings, **{name: value})
-        except ValueError as exc:
+        except (ConfigError, ValueError) as exc:
             logger.warning("rejected setting key=%s value=%s: %s; keeping %s", key,
                            _shown(name, kv[key]), exc, _shown(name, getattr(settings, name)))
     return settings

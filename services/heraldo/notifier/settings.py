@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 
 from heraldo.notifier.mailer import TLS_MODES, SMTPTarget
-from heraldo.settings import positive
+from heraldo.settings import not_negative, positive
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +76,7 @@ class NotifierSettings:
             positive(name, getattr(self, name))
         for name in ("shutdown_grace_s", "smtp_max_messages_per_connection", "smtp_retries",
                      "smtp_retry_backoff_s", "rate_per_s", "domain_rate_per_s"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+            not_negative(name, getattr(self, name))
         if self.smtp_tls not in TLS_MODES:
             raise ValueError(f"smtp_tls must be one of {', '.join(TLS_MODES)}, "
                              f"got {self.smtp_tls!r}")
