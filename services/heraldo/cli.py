@@ -345,6 +345,8 @@ def run_jobs(args: argparse.Namespace, api: HttpApi) -> int:
 
 # --- send ------------------------------------------------------------------------------------
 
+#: Characters of a health check's output that ``mesh status`` shows.
+MAX_CHECK_OUTPUT = 120
 #: google.type.Money keeps whole units in an int64.
 MAX_MONEY_UNITS = 2 ** 63
 
@@ -418,7 +420,10 @@ def mesh_status(api: HttpApi) -> tuple[str, bool]:
             all_passing = all_passing and health == "passing"
             # The worst check's output says why an instance is not passing.
             worst = sorted(checks, key=lambda check: check.get("Status") == "passing")
-            output = " ".join(str(worst[0].get("Output", "")).split())[:60] if worst else ""
+            output = " ".join(str(worst[0].get("Output", "")).split()) if worst else ""
+            # The last column: long enough to say why, marked when cut.
+            if len(output) > MAX_CHECK_OUTPUT:
+                output = output[:MAX_CHECK_OUTPUT - 1] + "…"
             metrics = (service.get("Meta") or {}).get("metrics_port", "")
             rows.append((name, service.get("ID", ""),
                          f"{service.get('Address', '')}:{service.get('Port', '')}", health,
