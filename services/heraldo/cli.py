@@ -345,8 +345,6 @@ def run_jobs(args: argparse.Namespace, api: HttpApi) -> int:
 
 # --- send ------------------------------------------------------------------------------------
 
-#: Characters of a health check's output that ``mesh status`` shows.
-MAX_CHECK_OUTPUT = 120
 #: google.type.Money keeps whole units in an int64.
 MAX_MONEY_UNITS = 2 ** 63
 
@@ -400,6 +398,10 @@ def consul_api(args: argparse.Namespace) -> HttpApi:
     else:
         address = ConsulAddress.from_env().url
     return HttpApi(address, token=os.environ.get("CONSUL_HTTP_TOKEN", ""), what="Consul")
+
+
+#: Characters of a health check's output that ``mesh status`` shows.
+MAX_CHECK_OUTPUT = 120
 
 
 def mesh_status(api: HttpApi) -> tuple[str, bool]:
@@ -612,30 +614,29 @@ async def probe(target: str) -> int:
 
 # --- the parser ------------------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _whole_number(minimum: int, expected: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``, else ``expected`` is said."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _skip_limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -2
-    if value < -1:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, or -1 for no limit, got {text!r}")
-    return value
+_positive_int = _whole_number(1, "a positive number")
+_skip_limit = _whole_number(-1, "0 or more, or -1 for no limit")
 
 
 def build_parser() -> argparse.ArgumentParser:
     # The module's docstring, without the code markup meant for readers of the source.
     parser = OneLineParser(prog="heraldo", description=__doc__.replace("``", ""),
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     edge = argparse.ArgumentParser(add_help=False)
     edge.add_argument("--edge", default=os.environ.get("HERALDO_EDGE_URL", DEFAULT_EDGE_URL),
                       help="Envoy's edge (env HERALDO_EDGE_URL; default %(default)s)")

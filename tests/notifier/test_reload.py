@@ -138,8 +138,8 @@ async def test_a_bad_value_in_kv_is_rejected_by_key_and_the_last_good_one_stays(
         assert any(f"key={key} value='{value}'" in line for line in rejected), key
     assert notifier.servicer.rate_per_s == 12
     assert notifier.servicer.settings.smtp_port == notifier.settings.smtp_port
-    assert notifier.servicer.settings.smtp_timeout_s == notifier.settings.smtp_timeout_s
-    assert notifier.servicer.settings.smtp_retry_backoff_s == notifier.settings.smtp_retry_backoff_s
+    for name in ("smtp_timeout_s", "smtp_retry_backoff_s"):
+        assert getattr(notifier.servicer.settings, name) == getattr(notifier.settings, name)
 
 
 async def test_a_new_smtp_target_in_kv_takes_the_next_messages(

@@ -129,12 +129,9 @@ class Sampler:
             self.sink_cpu_s = round(sink_after.cpu_s - self._sink_before.cpu_s, 3)
         self.machine_busy_percent = procstats.busy_percent(self._machine_before,
                                                            procstats.sample_machine())
-        # A server process started during the run (a new connection's backend) counts whole.
         postgres_after = procstats.sample_all(procstats.pids_named("postgres"))
-        self.postgres_cpu_s = round(sum(
-            taken.cpu_s - (self._postgres_before[name].cpu_s
-                           if name in self._postgres_before else 0.0)
-            for name, taken in postgres_after.items()), 3)
+        self.postgres_cpu_s = round(sum(procstats.cpu_used(self._postgres_before,
+                                                           postgres_after).values()), 3)
         return self.samples
 
     @property

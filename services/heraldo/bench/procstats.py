@@ -45,9 +45,10 @@ def sample_all(pids: dict[str, int]) -> dict[str, ProcessSample]:
 
 def cpu_used(before: dict[str, ProcessSample], after: dict[str, ProcessSample]
              ) -> dict[str, float]:
-    """CPU seconds each process spent between two samples."""
-    return {name: round(after[name].cpu_s - before[name].cpu_s, 3)
-            for name in after if name in before}
+    """CPU seconds each process spent between two samples; one started in between counts whole
+    (a PostgreSQL backend opened during a run)."""
+    return {name: round(taken.cpu_s - (before[name].cpu_s if name in before else 0.0), 3)
+            for name, taken in after.items()}
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,3 @@ def pids_named(command: str) -> dict[str, int]:
         except OSError:
             continue
     return found
-
-
-def total_cpu_s(samples: dict[str, ProcessSample]) -> float:
-    return sum(taken.cpu_s for taken in samples.values())

@@ -44,8 +44,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=prog,
-                                     description=__doc__.splitlines()[0].replace("``", ""))
+    parser = OneLineParser(prog=prog, description=__doc__.splitlines()[0].replace("``", ""))
     commands = parser.add_subparsers(dest="command", required=True)
     retail = commands.add_parser("online-retail", help="import the UCI Online Retail CSV (.csv.gz)")
     retail.add_argument("file", help="online_retail.csv.gz or a plain CSV with the same header")

@@ -141,7 +141,7 @@ async def run_demo(mesh: LocalMesh, invoices: int) -> int:
 
 
 async def report_exits(mesh: LocalMesh, *, interval_s: float = 1.0) -> None:
-    """Runs until cancelled, saying once for each process of the mesh that exits on its own.
+    """Says once for each process of the mesh that exits on its own; returns when none is left.
 
     The rest keep running: two notifiers still deliver, for example, which is how the mesh
     behaves when a replica dies. Nothing is restarted behind the operator's back.
