@@ -7,6 +7,8 @@ Full benchmarks never run here: ``make bench`` does that.
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import os
 import shutil
 import time
@@ -21,6 +23,7 @@ from heraldo.bench.measure import RunResult, chunk_latencies
 from heraldo.bench.profile import top_costs
 from heraldo.bench.sink import SmtpSink, run_smtp_source
 from heraldo.bench.workloads import copy_synthetic, generate_synthetic, plain_url
+from heraldo.notifier.render import Document, Renderer
 
 
 def wait_for(predicate, timeout_s: float = 30.0) -> bool:
@@ -109,7 +112,8 @@ def test_sink_counts_what_smtp_source_sends(sink, tmp_path):
     assert sink.first_at is not None
 
 
-async def test_baseline_sends_each_notifiable_invoice_once(sink, database_url):
+@pytest.mark.parametrize("builder", baseline.BUILDERS)
+async def test_baseline_sends_each_notifiable_invoice_once(sink, database_url, builder):
     data = generate_synthetic(120, seed=5)
     await copy_synthetic(database_url, data)
     usable = {customer[0] for customer in data.customers
@@ -117,11 +121,37 @@ async def test_baseline_sends_each_notifiable_invoice_once(sink, database_url):
     expected = sum(1 for row in data.invoices
                    if row[8] == "open" and row[1] == "invoice" and row[2] in usable)
 
-    result = await baseline.run(plain_url(database_url), sink.port, page_size=7)
+    result = await baseline.run(plain_url(database_url), sink.port, page_size=7,
+                                builder=builder)
 
     assert result["sent"] == expected
     assert len(result["latencies_s"]) == expected
     assert wait_for(lambda: sink.count == expected)
+
+
+async def test_baseline_stops_at_its_limit(sink, database_url):
+    await copy_synthetic(database_url, generate_synthetic(120, seed=5))
+
+    result = await baseline.run(plain_url(database_url), sink.port, page_size=7, limit=10)
+
+    assert result["sent"] == 10
+    assert wait_for(lambda: sink.count == 10)
+
+
+def test_stdlib_baseline_message_carries_both_parts_and_the_names():
+    rendered = Renderer(company="Heraldo Billing").render("invoice", "es-ES", Document(
+        variant="invoice", invoice_number="581587", customer_name="José Ñúñez",
+        amount=Decimal("1234.50"), currency="EUR",
+        issue_date=dt.date(2011, 12, 9), due_date=dt.date(2012, 1, 8)))
+
+    message = baseline.stdlib_message(sender="Billing <billing@heraldo.invalid>",
+                                      to_name="José Ñúñez", to_address="jose@example.com",
+                                      rendered=rendered)
+    parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+
+    assert str(parsed["To"]) == "José Ñúñez <jose@example.com>"
+    assert parsed.get_body(("plain",)).get_content() == rendered.text
+    assert parsed.get_body(("html",)).get_content() == rendered.html
 
 
 async def test_chunk_latencies_rebuild_chunks_from_outcomes(database_url):
@@ -170,7 +200,9 @@ def three_runs() -> list[RunResult]:
                   peak_rss_mb={"batch": 90.0, "notifier-1": 95.0},
                   samples=[(0.0, 0), (0.5, 400), (1.0, 1000)])
         for run, seconds in ((1, 1.0), (2, 2.0), (3, 4.0))
-    ] + [RunResult("baseline", 1, sent=1000, elapsed_s=2.0, samples=[(0.0, 0), (2.0, 1000)])]
+    ] + [RunResult("baseline", 1, sent=1000, elapsed_s=2.0, samples=[(0.0, 0), (2.0, 1000)]),
+         RunResult("lean-baseline", 1, sent=1000, elapsed_s=1.0,
+                   samples=[(0.0, 0), (1.0, 1000)])]
 
 
 def test_report_summarises_and_checks_targets():
@@ -181,6 +213,7 @@ def test_report_summarises_and_checks_targets():
     # Consul is not on the data path: 3 CPU seconds per 1,000 emails, not 8.
     assert summary["heraldo"]["cpu_s_per_1000"] == 3.0
     assert summary["heraldo_over_baseline"] == 1.0
+    assert summary["heraldo_over_lean_baseline"] == 0.5
     assert {check["target"]: check["met"] for check in checks}[
         "time to first email < 1 s (retail)"] is True
 

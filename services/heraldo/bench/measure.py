@@ -47,7 +47,7 @@ DATA_PATH = ("batch", "envoy", "notifier")
 
 @dataclass
 class RunResult:
-    system: str  # heraldo | baseline | ceiling
+    system: str  # heraldo | baseline | lean-baseline | ceiling
     run: int
     sent: int
     elapsed_s: float
@@ -280,14 +280,20 @@ def _percentiles(values: list[float]) -> tuple[float | None, float | None]:
     return round(cuts[49], 4), round(cuts[98], 4)
 
 
-async def run_baseline(sink: SmtpSink, database: BenchDatabase, *, run: int,
-                       page_size: int) -> RunResult:
-    """Runs the baseline script in a process of its own, so its CPU and memory are its own."""
+async def run_baseline(sink: SmtpSink, database: BenchDatabase, *, run: int, page_size: int,
+                       builder: str = "stdlib", limit: int | None = None) -> RunResult:
+    """Runs the baseline script in a process of its own, so its CPU and memory are its own.
+
+    ``builder`` "heraldo" gives the lean baseline; ``limit`` stops it after that many emails.
+    """
+    system = "baseline" if builder == "stdlib" else "lean-baseline"
     sampler = Sampler(sink)
     sampler.start()
+    extra = ["--limit", str(limit)] if limit is not None else []
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "heraldo.bench.baseline", database.url, str(sink.port),
-        "--page-size", str(page_size), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        "--page-size", str(page_size), "--builder", builder, *extra,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak_kb = 0
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     waiter = asyncio.create_task(process.communicate())
@@ -303,11 +309,11 @@ async def run_baseline(sink: SmtpSink, database: BenchDatabase, *, run: int,
              + children_after.ru_stime - children_before.ru_stime)
     samples = await sampler.stop()
     if process.returncode != 0:
-        raise RuntimeError(f"the baseline exited with code {process.returncode}: "
+        raise RuntimeError(f"the {system} exited with code {process.returncode}: "
                            f"{stderr.decode(errors='replace')[-800:]}")
     report = json.loads(stdout)
     result = RunResult(
-        system="baseline", run=run, sent=report["sent"], elapsed_s=round(report["elapsed_s"], 3),
+        system=system, run=run, sent=report["sent"], elapsed_s=round(report["elapsed_s"], 3),
         first_email_s=sampler.first_email_s, samples=samples,
         cpu_s={"baseline": round(cpu_s, 3), "smtp-sink": sampler.sink_cpu_s,
                "postgres": sampler.postgres_cpu_s},
@@ -315,8 +321,8 @@ async def run_baseline(sink: SmtpSink, database: BenchDatabase, *, run: int,
         machine_busy_percent=sampler.machine_busy_percent,
         detail=f"skipped {report['skipped']}; times from the script's start, after imports")
     result.latency_p50_s, result.latency_p99_s = _percentiles(report["latencies_s"])
-    logger.info("baseline run done run=%d sent=%d elapsed_s=%.1f per_s=%.0f", run, result.sent,
-                result.elapsed_s, result.per_second)
+    logger.info("%s run done run=%d sent=%d elapsed_s=%.1f per_s=%.0f", system, run,
+                result.sent, result.elapsed_s, result.per_second)
     return result
 
 
