@@ -38,16 +38,25 @@ class RecordingNotifier(notification_pb2_grpc.NotifierServiceServicer):
     async def Deliver(self, request_iterator, context):
         self.streams += 1
         async for request in request_iterator:
-            if self.gate is not None:
-                await self.gate.wait()
-            self.received[request.notification_id] += 1
-            status = notification_pb2.DELIVERY_STATUS_SENT
-            if request.invoice_number in self.fail_once:
-                self.fail_once.discard(request.invoice_number)
-                status = notification_pb2.DELIVERY_STATUS_TEMPORARY_FAILURE
-            yield notification_pb2.DeliveryResult(
-                notification_id=request.notification_id, status=status,
-                replica_id=self.replica_id, smtp_code=250 if status == 1 else 451)
+            yield await self._answer(request)
+
+    async def DeliverBatches(self, request_iterator, context):
+        self.streams += 1
+        async for batch in request_iterator:
+            yield notification_pb2.DeliveryResultBatch(
+                results=[await self._answer(request) for request in batch.requests])
+
+    async def _answer(self, request):
+        if self.gate is not None:
+            await self.gate.wait()
+        self.received[request.notification_id] += 1
+        status = notification_pb2.DELIVERY_STATUS_SENT
+        if request.invoice_number in self.fail_once:
+            self.fail_once.discard(request.invoice_number)
+            status = notification_pb2.DELIVERY_STATUS_TEMPORARY_FAILURE
+        return notification_pb2.DeliveryResult(
+            notification_id=request.notification_id, status=status,
+            replica_id=self.replica_id, smtp_code=250 if status == 1 else 451)
 
 
 @pytest.fixture

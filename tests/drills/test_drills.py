@@ -153,4 +153,4 @@ def test_a_fourth_notifier_joins_and_receives_streams(drill_mesh, tmp_path):
 
     assert_nothing_lost_or_doubled(report, arrivals)
     log = drill_mesh.child(added).log_path.read_text(errors="replace")
-    assert "rpc=/heraldo.v1.NotifierService/Deliver" in log, "the new replica got no stream"
+    assert "rpc=/heraldo.v1.NotifierService/DeliverBatches" in log, "the new replica got no stream"

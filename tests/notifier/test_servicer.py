@@ -224,6 +224,43 @@ async def test_long_stream_gets_exactly_one_result_per_request(notifiers, smtp_s
     assert smtp_server.handler.peak_in_data <= 4
 
 
+async def test_deliver_batches_answers_every_request_of_every_group_once(notifiers,
+                                                                         smtp_server):
+    notifier = await notifiers.start(max_in_flight=16, smtp_connections=4)
+    requests = [make_request(n) for n in range(1, 121)] + [make_request(121, email="bad")]
+    groups = [pb.NotificationBatch(requests=requests[start:start + 50])
+              for start in range(0, len(requests), 50)]
+
+    answers = [answer async for answer in notifier.stub.DeliverBatches(iter(groups))]
+    results = by_id([result for answer in answers for result in answer.results])
+
+    assert len(results) == 121 == sum(len(answer.results) for answer in answers)
+    assert {results[r.notification_id].status for r in requests[:120]} == {SENT}
+    assert results[requests[120].notification_id].status == REJECTED
+    assert sorted(smtp_server.handler.received_ids()) == sorted(
+        r.notification_id for r in requests[:120])
+    # A replayed group is answered from the delivery log: nothing is mailed twice.
+    replayed = [answer async for answer in notifier.stub.DeliverBatches(iter(groups[:1]))]
+    assert {result.status for answer in replayed for result in answer.results} == {DUPLICATE}
+    assert len(smtp_server.handler.received) == 120
+
+
+async def test_deliver_batches_refuses_an_oversized_group_after_answering_the_rest(
+        notifier, smtp_server):
+    groups = [pb.NotificationBatch(requests=[make_request(1)]),
+              pb.NotificationBatch(requests=[make_request(2)] * 1001)]
+
+    answers = []
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for answer in notifier.stub.DeliverBatches(iter(groups)):
+            answers.append(answer)
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "requests" in refused.value.details() and "1001" in refused.value.details()
+    assert [result.status for answer in answers for result in answer.results] == [SENT]
+    assert smtp_server.handler.received_ids() == [make_request(1).notification_id]
+
+
 async def test_one_id_in_two_concurrent_streams_is_sent_once(notifiers, smtp_server):
     first = await notifiers.start("replica-a")
     second = await notifiers.start("replica-b")

@@ -104,15 +104,19 @@ async def bench_workload(workload: str, args: argparse.Namespace, settings: dict
         runs: list[RunResult] = []
         async with mesh:
             for run in range(1, args.runs + 1):
-                heraldo = await run_heraldo(mesh, sink, database, run=run, chunk_size=chunk_size,
-                                            workload=workload)
-                runs.append(heraldo)
-                runs.append(await run_baseline(sink, database, run=run, page_size=chunk_size,
-                                               limit=BASELINE_LIMIT))
-                runs.append(await run_baseline(sink, database, run=run, page_size=chunk_size,
-                                               builder="heraldo"))
-                runs.append(await run_ceiling(sink, run=run, messages=max(heraldo.sent, 1),
-                                              sessions=sessions, message_file=message_file))
+                if "heraldo" in args.systems:
+                    heraldo = await run_heraldo(mesh, sink, database, run=run,
+                                                chunk_size=chunk_size, workload=workload)
+                    runs.append(heraldo)
+                if "baseline" in args.systems:
+                    runs.append(await run_baseline(sink, database, run=run, page_size=chunk_size,
+                                                   limit=BASELINE_LIMIT))
+                if "lean-baseline" in args.systems:
+                    runs.append(await run_baseline(sink, database, run=run, page_size=chunk_size,
+                                                   builder="heraldo"))
+                if "ceiling" in args.systems:
+                    runs.append(await run_ceiling(sink, run=run, messages=max(heraldo.sent, 1),
+                                                  sessions=sessions, message_file=message_file))
             if args.profile:
                 result["profile"] = await profiled_run(mesh, sink, database, workload,
                                                        chunk_size, args.out)
@@ -176,9 +180,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", dest="kv", action="append", default=[], metavar="KEY=VALUE",
                         help="a Consul KV setting for the mesh, e.g. "
                              "config/notifier/smtp_connections=8 (repeatable)")
+    parser.add_argument("--systems", default=",".join(report.SYSTEMS),
+                        help="which to measure, comma-separated (all of "
+                             f"{','.join(report.SYSTEMS)}); the ceiling sends as many messages "
+                             "as Heraldo did, so it needs heraldo")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    args.systems = {name.strip() for name in args.systems.split(",") if name.strip()}
+    unknown = sorted(args.systems - set(report.SYSTEMS))
+    if unknown or not args.systems:
+        parser.error(f"--systems takes names among {', '.join(report.SYSTEMS)}; "
+                     f"got {', '.join(unknown) or 'none'}")
+    if "ceiling" in args.systems and "heraldo" not in args.systems:
+        parser.error("--systems: the ceiling needs heraldo, whose count it sends")
     try:
         args.kv = dict(item.split("=", 1) for item in args.kv)
     except ValueError:

@@ -50,6 +50,8 @@ NOTIFICATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,80}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_INVOICE_NUMBER_CHARS = 64
 MAX_NAME_CHARS = 200
+#: The most requests one DeliverBatches message may hold: bounds what a single message costs.
+MAX_BATCH_REQUESTS = 1000
 #: Recent addresses whose check is remembered: a few megabytes, flat however long the job.
 ADDRESS_CACHE_SIZE = 8192
 
@@ -200,31 +202,54 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
         so a slow client or a slow SMTP server stops the reading: memory does not grow with the
         length of the stream, and gRPC flow control pushes back on the sender.
         """
+        async for results in self._serve(request_iterator, "deliver"):
+            for result in results:
+                yield result
+
+    async def DeliverBatches(self, request_iterator: AsyncIterator[pb.NotificationBatch],
+                             context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[pb.DeliveryResultBatch]:
+        """``Deliver`` for groups of requests: each answer carries every result ready by then."""
+        async for results in self._serve(_unpacked(request_iterator), "deliver_batches"):
+            yield pb.DeliveryResultBatch(results=results)
+
+    async def _serve(self, requests: AsyncIterator[pb.NotificationRequest], rpc: str
+                     ) -> AsyncIterator[list[pb.DeliveryResult]]:
+        """The results of ``requests`` as they complete, in lists of whatever is ready at once."""
         started = time.perf_counter()
         totals: collections.Counter[str] = collections.Counter()
         results: asyncio.Queue[pb.DeliveryResult | _ReadEnd] = asyncio.Queue()
         slots = asyncio.Semaphore(self._settings.max_in_flight)
-        reader = asyncio.create_task(self._read(request_iterator, slots, results))
+        reader = asyncio.create_task(self._read(requests, slots, results))
 
         read_count = written = 0
         end: _ReadEnd | None = None
         try:
             while end is None or written < read_count:
-                item = await results.get()
-                if isinstance(item, _ReadEnd):
-                    end, read_count = item, item.count
+                items = [await results.get()]
+                while not results.empty():
+                    items.append(results.get_nowait())
+                ready = []
+                for item in items:
+                    if isinstance(item, _ReadEnd):
+                        end, read_count = item, item.count
+                    else:
+                        ready.append(item)
+                if not ready:
                     continue
-                totals[STATUS_NAMES[item.status]] += 1
-                yield item
-                written += 1
-                slots.release()
+                for result in ready:
+                    totals[STATUS_NAMES[result.status]] += 1
+                yield ready
+                written += len(ready)
+                for _ in ready:
+                    slots.release()
             if end.error is not None:
                 raise end.error
         finally:
             reader.cancel()
             logger.info(
-                "deliver stream replica=%s requests=%d written=%d %s elapsed_ms=%.1f",
-                self._replica_id, read_count if end else written, written,
+                "%s stream replica=%s requests=%d written=%d %s elapsed_ms=%.1f",
+                rpc, self._replica_id, read_count if end else written, written,
                 " ".join(f"{name}={totals[name]}" for name in sorted(totals)) or "empty=1",
                 (time.perf_counter() - started) * 1000)
 
@@ -448,6 +473,17 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
         for mailer in [*self._retired, self._mailer]:
             await mailer.close()
         await self._log.log.close()
+
+
+async def _unpacked(batches: AsyncIterator[pb.NotificationBatch]
+                    ) -> AsyncIterator[pb.NotificationRequest]:
+    """The requests of each group in turn; a group over the size limit ends the stream."""
+    async for batch in batches:
+        if len(batch.requests) > MAX_BATCH_REQUESTS:
+            raise InvalidArgument("requests", f"a group holds at most {MAX_BATCH_REQUESTS} "
+                                  f"requests, got {len(batch.requests)}")
+        for request in batch.requests:
+            yield request
 
 
 @dataclass(frozen=True)
