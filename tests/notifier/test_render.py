@@ -131,3 +131,14 @@ def test_us_english_writes_the_month_first(renderer):
 def test_unknown_template_set_is_refused(renderer):
     with pytest.raises(UnknownTemplate):
         renderer.render("reminder", "en", invoice())
+
+
+def test_an_override_can_use_jinja_globals_and_replaces_only_its_file():
+    source = "{% for n in range(2) %}{{ n }}{% endfor %} {{ invoice_number }}"
+    renderer = Renderer(company="Heraldo Billing", overrides={"invoice/en/invoice.txt": source})
+
+    first = renderer.render("invoice", "en-GB", invoice())
+    again = renderer.render("invoice", "en-GB", invoice(invoice_number="581587"))
+
+    assert first.text == "01 536365" and again.text == "01 581587"
+    assert "536365" in first.subject and "581587" in again.html
