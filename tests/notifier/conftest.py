@@ -53,11 +53,16 @@ class FaultyHandler:
         #: Address to how many more times DATA is answered 451 before it is accepted.
         self.greylist: dict[str, int] = {}
         self.connections = 0
+        #: Offer PIPELINING (RFC 2920). aiosmtpd reads commands one line at a time, so it
+        #: serves a pipelining client correctly; it just does not say so by itself.
+        self.pipelining = False
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         self.connections += 1
         session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
@@ -131,10 +136,12 @@ class SMTPServer:
     port: int
 
 
-@pytest.fixture
-async def smtp_server() -> AsyncIterator[SMTPServer]:
-    """A real aiosmtpd server on 127.0.0.1, on a free port, in the test's event loop."""
+@pytest.fixture(params=["lockstep", "pipelining"])
+async def smtp_server(request) -> AsyncIterator[SMTPServer]:
+    """A real aiosmtpd server on 127.0.0.1, on a free port, in the test's event loop: once
+    without PIPELINING, so the mailer sends one command at a time, and once with it."""
     handler = FaultyHandler()
+    handler.pipelining = request.param == "pipelining"
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(handler, hostname="test-smtp", decode_data=False), "127.0.0.1", 0)

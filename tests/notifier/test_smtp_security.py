@@ -86,15 +86,17 @@ class Server:
 ServerFactory = Callable[..., Awaitable[Server]]
 
 
-@pytest.fixture
-async def start_server(certificate: Certificate) -> AsyncIterator[ServerFactory]:
+@pytest.fixture(params=["lockstep", "pipelining"])
+async def start_server(request, certificate: Certificate) -> AsyncIterator[ServerFactory]:
     """Starts aiosmtpd servers on free ports: ``implicit`` wraps the socket in TLS from the
-    first byte; otherwise STARTTLS is offered (and required) when ``starttls`` is set."""
+    first byte; otherwise STARTTLS is offered (and required) when ``starttls`` is set. Each test
+    runs without PIPELINING and with it, whose transactions borrow the TLS transport."""
     servers: list[asyncio.Server] = []
 
     async def start(*, starttls: bool = True, implicit: bool = False,
                     exclude: tuple[str, ...] = ()) -> Server:
         handler = AuthHandler()
+        handler.pipelining = request.param == "pipelining"
         context = certificate.server_context()
 
         def protocol() -> SMTP:
