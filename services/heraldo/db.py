@@ -106,6 +106,19 @@ job_outcomes = sa.Table(
     sa.Column("batch_replica", sa.String(100), nullable=False, server_default=""),
 )
 
+# Running counts of an execution's outcomes, by skip or failure reason (kind "reason") and by the
+# notifier replica that sent them (kind "replica"), added to by each chunk's commit. Watching a job
+# reads these few rows; counting them from job_outcomes instead cost a scan of every outcome so far
+# on each poll, which for a large job took more of PostgreSQL than the job itself.
+job_breakdown = sa.Table(
+    "job_breakdown", metadata,
+    sa.Column("execution_id", sa.String(40), sa.ForeignKey("job_executions.id"),
+              primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
+
 # One row per partition of a job execution, Spring Batch's step execution: the unit a batch replica
 # claims, with its own lease (owner + heartbeat), checkpoint and counts.
 step_executions = sa.Table(

@@ -73,3 +73,48 @@ async def test_tables_made_by_create_all_from_the_current_models_are_stamped_at_
     await db.create_schema(blank_engine)
 
     assert await revision(blank_engine) == head_revision()
+
+
+async def test_the_breakdown_is_filled_from_the_outcomes_already_recorded(blank_engine):
+    # Given a database at 0002 that holds a job's outcomes
+    await upgrade(blank_engine, "0002")
+    now = dt.datetime.now(dt.UTC)
+    async with blank_engine.begin() as conn:
+        await conn.execute(sa.text(
+            "INSERT INTO job_instances (id, job_name, parameters_key, create_time) "
+            "VALUES ('ji-1', 'notify', '{}', :now)"), {"now": now})
+        await conn.execute(sa.text(
+            "INSERT INTO job_executions (id, instance_id, status, parameters, create_time) "
+            "VALUES ('job-1', 'ji-1', 'COMPLETED', '{}', :now)"), {"now": now})
+        outcomes = [("sent", "", "notifier-a"), ("sent", "", "notifier-a"),
+                    ("sent", "", "notifier-b"), ("skipped", "no email", ""),
+                    ("failed", "550 no such user", "notifier-b"), ("duplicate", "", "notifier-a")]
+        for invoice_id, (outcome, reason, replica) in enumerate(outcomes, start=1):
+            await conn.execute(sa.text(
+                "INSERT INTO job_outcomes (instance_id, invoice_id, execution_id, "
+                "notification_id, outcome, reason, replica_id) VALUES ('ji-1', :invoice, "
+                "'job-1', :notification, :outcome, :reason, :replica)"),
+                {"invoice": invoice_id, "notification": f"n{invoice_id}", "outcome": outcome,
+                 "reason": reason, "replica": replica})
+
+    # When the schema is upgraded
+    await db.create_schema(blank_engine)
+
+    # Then the breakdown holds what GetJob counted from the outcomes before
+    async with blank_engine.connect() as conn:
+        rows = (await conn.execute(sa.select(db.job_breakdown.c.kind, db.job_breakdown.c.name,
+                                             db.job_breakdown.c.count))).all()
+    assert sorted(tuple(row) for row in rows) == [
+        ("reason", "550 no such user", 1), ("reason", "no email", 1),
+        ("replica", "notifier-a", 2), ("replica", "notifier-b", 1)]
+
+
+async def test_tables_made_by_create_all_at_0002_are_stamped_there_and_upgraded(blank_engine):
+    await upgrade(blank_engine, "0002")
+    async with blank_engine.begin() as conn:
+        await conn.execute(sa.text("DROP TABLE alembic_version"))
+
+    await db.create_schema(blank_engine)
+
+    assert await revision(blank_engine) == head_revision()
+    assert await differences(blank_engine) == []

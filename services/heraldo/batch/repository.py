@@ -14,6 +14,7 @@ embedded database is meant for one batch replica.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import logging
 import uuid
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from heraldo.batch.params import JobParams
@@ -28,6 +30,7 @@ from heraldo.convert import utcnow
 from heraldo.db import (
     customers,
     invoices,
+    job_breakdown,
     job_executions,
     job_instances,
     job_outcomes,
@@ -46,6 +49,8 @@ COUNTERS = ("processed", "sent", "skipped", "failed", "duplicate")
 STEP_COUNTERS = ("read_count", "write_count", "filter_count", "skip_count", "commit_count",
                  "rollback_count")
 STEP_NAME = "notify"
+#: The kinds of ``job_breakdown`` rows: outcomes by skip or failure reason, sent ones by replica.
+REASON, REPLICA = "reason", "replica"
 SKIP_LIMIT_EXCEEDED, ABANDONED = "SKIP_LIMIT_EXCEEDED", "ABANDONED"
 
 
@@ -413,6 +418,10 @@ class JobRepository:
                 columns.id == step.execution_id).values(
                 processed=columns.processed + totals.processed, heartbeat_time=utcnow(),
                 **increments))
+            # After the job's row is locked above, so commits of one job add in turn.
+            counts = breakdown_counts(fresh)
+            if counts:
+                await conn.execute(self._add_to_breakdown(step.execution_id, counts))
             job_status = await conn.scalar(
                 sa.select(columns.status).where(columns.id == step.execution_id))
             skips = await conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(steps.skip_count), 0))
@@ -547,23 +556,39 @@ class JobRepository:
         """Skipped and failed invoices by reason, and sent ones by replica, up to and including
         ``execution``: the same span as its counts, which carry over from the executions it
         restarted, and never a later restart's."""
-        outcomes = job_outcomes.c
+        counts = job_breakdown.c
         so_far = sa.select(job_executions.c.id).where(
             job_executions.c.instance_id == execution.instance_id,
             job_executions.c.create_time <= execution.create_time)
         async with self.engine.connect() as conn:
-            reasons = await conn.execute(
-                sa.select(outcomes.reason, sa.func.count()).where(
-                    outcomes.instance_id == execution.instance_id,
-                    outcomes.execution_id.in_(so_far),
-                    outcomes.outcome.in_(("skipped", "failed"))).group_by(outcomes.reason))
-            replicas = await conn.execute(
-                sa.select(outcomes.replica_id, sa.func.count()).where(
-                    outcomes.instance_id == execution.instance_id,
-                    outcomes.execution_id.in_(so_far),
-                    outcomes.outcome == "sent").group_by(outcomes.replica_id))
-            return ({reason: count for reason, count in reasons},
-                    {replica: count for replica, count in replicas})
+            rows = await conn.execute(
+                sa.select(counts.kind, counts.name, sa.func.sum(counts.count))
+                .where(counts.execution_id.in_(so_far)).group_by(counts.kind, counts.name))
+            totals: dict[str, dict[str, int]] = {REASON: {}, REPLICA: {}}
+            for kind, name, count in rows:
+                totals[kind][name] = int(count)
+        return totals[REASON], totals[REPLICA]
+
+    def _add_to_breakdown(self, execution_id: str, counts: dict[tuple[str, str], int]):
+        """An upsert adding ``counts`` to the execution's breakdown rows."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(job_breakdown).values([
+            {"execution_id": execution_id, "kind": kind, "name": name, "count": count}
+            for (kind, name), count in sorted(counts.items())])
+        return statement.on_conflict_do_update(
+            index_elements=["execution_id", "kind", "name"],
+            set_={"count": job_breakdown.c.count + statement.excluded.count})
+
+
+def breakdown_counts(outcomes: Sequence[Outcome]) -> dict[tuple[str, str], int]:
+    """What a chunk adds to the breakdown: skipped and failed by reason, sent by replica."""
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    for outcome in outcomes:
+        if outcome.outcome in ("skipped", "failed"):
+            counts[REASON, outcome.reason] += 1
+        elif outcome.outcome == "sent":
+            counts[REPLICA, outcome.replica_id] += 1
+    return counts
 
 
 async def _split(conn: AsyncConnection, params: JobParams, *, start_after: int,

@@ -49,7 +49,12 @@ def _upgrade(connection: sa.Connection, revision: str) -> tuple[str | None, str 
     tables = set(sa.inspect(connection).get_table_names())
     if before is None and "invoices" in tables:
         # Made by create_all, before migrations: stamp what it holds, then upgrade the rest.
-        stamped = head_revision() if "step_executions" in tables else BASELINE_REVISION
+        if "job_breakdown" in tables:
+            stamped = head_revision()
+        elif "step_executions" in tables:
+            stamped = "0002"
+        else:
+            stamped = BASELINE_REVISION
         command.stamp(config, stamped)
         logger.info("schema stamped revision=%s (tables predate migrations)", stamped)
         before = stamped
