@@ -113,7 +113,8 @@ MAILER_FIELDS = ("smtp_host", "smtp_port", "smtp_timeout_s", "smtp_connections",
 
 
 class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
-    """Delivers notifications: ``Deliver`` for streams from the batch service, ``Send`` ad hoc.
+    """Delivers notifications: ``DeliverBatches`` for the batch service's streams, ``Deliver`` for
+    one notification per message, ``Send`` ad hoc.
 
     Deliveries outlive the stream that asked for them: when a client goes away mid-stream, the
     emails already handed to SMTP finish and their outcome is recorded, so a replay finds them as
