@@ -218,6 +218,17 @@ def test_report_summarises_and_checks_targets():
         "time to first email < 1 s (retail)"] is True
 
 
+def test_a_target_whose_system_was_not_measured_is_neither_met_nor_missed():
+    heraldo_only = [run for run in three_runs() if run.system == "heraldo"]
+
+    checks = {check["target"]: check for check in
+              report.targets({"retail": report.summarise(heraldo_only)})}
+
+    assert checks[">= 3x the baseline (retail)"] == {
+        "target": ">= 3x the baseline (retail)", "measured": None, "met": None}
+    assert checks["time to first email < 1 s (retail)"]["met"] is True
+
+
 def test_report_plots_throughput_over_time(tmp_path):
     # matplotlib comes with the bench extra, which make bench installs and CI does not.
     pytest.importorskip("matplotlib")

@@ -71,8 +71,10 @@ def targets(summaries: dict[str, dict]) -> list[dict]:
     """Each target with the measured figure and whether it was met."""
     checks = []
 
-    def check(name: str, measured, met: bool | None) -> None:
-        checks.append({"target": name, "measured": measured, "met": met})
+    def check(name: str, measured, met: bool) -> None:
+        # A figure that was not measured (a system left out with --systems) meets nothing.
+        checks.append({"target": name, "measured": measured,
+                       "met": None if measured is None else met})
 
     for workload, summary in summaries.items():
         heraldo = summary.get("heraldo", {})
