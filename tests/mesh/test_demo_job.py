@@ -146,3 +146,33 @@ def test_make_run_can_be_repeated_in_the_same_checkout(mesh, capsys):
     printed = capsys.readouterr()
     assert (first, second) == (0, 0), printed.err
     assert printed.out.count("SMTP sink: ") == 2
+
+
+def test_a_delivery_stream_through_the_edge_is_answered_group_by_group(mesh):
+    # An interactive client sends a group and waits for its results before the next: the edge
+    # must pass each message on as it comes rather than hold the stream until it ends.
+    from google.type import money_pb2
+
+    from heraldo.v1 import notification_pb2 as pb
+    from heraldo.v1 import notification_pb2_grpc
+
+    def group(n: int) -> pb.NotificationBatch:
+        return pb.NotificationBatch(requests=[pb.NotificationRequest(
+            notification_id=f"edge-stream:{n}", invoice_number=f"EDGE{n}",
+            recipient=pb.Recipient(name="Jane Doe", email="jane@example.com"),
+            amount=money_pb2.Money(currency_code="GBP", units=10))])
+
+    async def converse() -> list[list[int]]:
+        metadata = tuple((name.lower(), value) for name, value in mesh.auth_headers.items())
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports.edge}") as channel:
+            call = notification_pb2_grpc.NotifierServiceStub(channel).DeliverBatches(
+                metadata=metadata, timeout=30)
+            answers = []
+            for n in range(3):
+                await call.write(group(n))
+                answer = await call.read()
+                answers.append([result.status for result in answer.results])
+            await call.done_writing()
+            return answers
+
+    assert asyncio.run(converse()) == [[pb.DELIVERY_STATUS_SENT]] * 3
