@@ -29,8 +29,10 @@ class ScriptedServer:
     envelopes: list[bytes] = field(default_factory=list)
     contents: list[bytes] = field(default_factory=list)
     resets: int = 0
+    connections: int = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         writer.write(b"220 scripted ESMTP\r\n")
         await reader.readline()
         # A multi-line EHLO reply, as real servers send it.
@@ -158,3 +160,16 @@ async def test_a_reply_that_never_comes_is_a_timeout_and_nothing_is_sent(scripte
 def test_data_payload_ends_lines_with_crlf_doubles_leading_periods_and_ends_with_a_dot(
         message, expected):
     assert data_payload(message) == expected
+
+
+async def test_a_connection_that_answers_nonsense_is_dropped_not_reused(scripted):
+    server = await scripted(b"hello there\r\n")
+    sending = mailer(server.port)
+
+    first = await sending.send("billing@heraldo.test", ["jane@example.com"], MESSAGE)
+    second = await sending.send("billing@heraldo.test", ["jane@example.com"], MESSAGE)
+    await sending.close()
+
+    assert first.status == second.status == pb.DELIVERY_STATUS_PERMANENT_FAILURE
+    assert "malformed" in first.detail
+    assert server.connections == 2 and server.resets == 0 and server.contents == []

@@ -350,7 +350,7 @@ class Mailer:
             command_line(b"RCPT TO:", recipient, (), encoding) for recipient in recipients)
         async with Transaction(smtp.protocol) as link:
             link.write(commands + b"DATA\r\n")
-            mail_reply = await link.exchange.reply(self._timeout_s)
+            mail_reply = await self._reply(smtp, link)
             if mail_reply.code == SERVICE_CLOSING:
                 # The server hangs up (a per-connection limit or an idle timeout): no other
                 # reply follows, and nothing of this message was taken.
@@ -358,9 +358,8 @@ class Mailer:
                 if reused:
                     raise _StaleConnection(f"{mail_reply.code} {mail_reply.message}")
                 raise SMTPResponseException(mail_reply.code, mail_reply.message)
-            recipient_replies = [await link.exchange.reply(self._timeout_s)
-                                 for _ in recipients]
-            data_reply = await link.exchange.reply(self._timeout_s)
+            recipient_replies = [await self._reply(smtp, link) for _ in recipients]
+            data_reply = await self._reply(smtp, link)
             accepted = mail_reply.code == 250 and any(
                 reply.code in (250, 251) for reply in recipient_replies)
             final = None
@@ -385,7 +384,17 @@ class Mailer:
             raise SMTPRecipientsRefused(refused)
         if final is None:
             raise SMTPResponseException(data_reply.code, data_reply.message)
+        if final.code == SERVICE_CLOSING:
+            smtp.close()
         return final
+
+    async def _reply(self, smtp: aiosmtplib.SMTP, link: Transaction) -> SMTPResponse:
+        """The next pipelined reply; a connection that sent nonsense is dropped, not reset."""
+        try:
+            return await link.exchange.reply(self._timeout_s)
+        except SMTPResponseException:
+            smtp.close()
+            raise
 
     async def _reset(self, smtp: aiosmtplib.SMTP, exc: Exception) -> None:
         """After a refused transaction: RSET, or drop the connection if RSET is not clean."""
