@@ -156,9 +156,12 @@ async def report_exits(mesh: LocalMesh, *, interval_s: float = 1.0) -> None:
     """
     reported: set[str] = set()
     while True:
-        for child in mesh.children:
-            if child.name in reported or child.process is None or child.process.poll() is None:
-                continue
+        exited = [child for child in mesh.children if child.name not in reported
+                  and child.process is not None and child.process.poll() is not None]
+        # Ctrl-C reaches every process of the terminal's group at once, and stopping cancels
+        # this task: waiting a moment first keeps a shutdown from reading like a string of crashes.
+        await asyncio.sleep(interval_s)
+        for child in exited:
             reported.add(child.name)
             last_line = (child.log_tail().strip().splitlines() or [""])[-1]
             print(f"heraldo mesh: {child.name} {exit_description(child.process.returncode)}; the "
@@ -167,7 +170,6 @@ async def report_exits(mesh: LocalMesh, *, interval_s: float = 1.0) -> None:
         if mesh.children and len(reported) == len(mesh.children):
             print("heraldo mesh: every process of the mesh has exited; stopping", file=sys.stderr)
             return
-        await asyncio.sleep(interval_s)
 
 
 def exit_description(returncode: int) -> str:

@@ -285,6 +285,8 @@ class LocalMesh:
                               str(self.ports.envoy_admin), "--log-level", "warn"], env)
 
     async def _wait_until_healthy(self) -> None:
+        # The sink reads the mail it kept from earlier runs before it listens: seconds, for many.
+        await self._poll(self._sink_serving, "the SMTP sink (reading the mail kept in its folder)")
         await self._poll(self._envoy_ready, "Envoy (admin /ready)")
         await self._poll(self._console_serving, "the job console")
         await self._poll(self._services_passing, "every service passing its Consul health check")
@@ -294,6 +296,10 @@ class LocalMesh:
 
     async def _envoy_ready(self, session: aiohttp.ClientSession) -> bool:
         async with session.get(f"http://127.0.0.1:{self.ports.envoy_admin}/ready") as response:
+            return response.status == 200
+
+    async def _sink_serving(self, session: aiohttp.ClientSession) -> bool:
+        async with session.get(f"{self.sink_url}/api/stats") as response:
             return response.status == 200
 
     async def _console_serving(self, session: aiohttp.ClientSession) -> bool:
