@@ -6,6 +6,8 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
+from heraldo.batch.params import JobParams
+from heraldo.batch.repository import JobRepository
 from heraldo.db import job_outcomes
 from heraldo.runtime import StatusInterceptor
 from heraldo.v1 import batch_pb2, batch_pb2_grpc
@@ -160,3 +162,18 @@ async def test_list_jobs_pages_newest_first(engine, batch):
 
     assert [job.job_id for job in first.jobs] + [job.job_id for job in second.jobs] == ids[::-1]
     assert second.next_page_token == ""
+
+
+async def test_a_stop_asked_after_the_last_partition_completed_leaves_the_job_completed(engine):
+    repository = JobRepository(engine)
+    await insert_invoices(engine, 4)
+    execution = await repository.create_execution("late-stop", JobParams(), selected=4,
+                                                  owner="test", partitions=1)
+    step = await repository.claim_step("test", stale_after_s=30)
+    await repository.end_step(step.id, "COMPLETED", owner="test")
+
+    await repository.request_stop(execution.id)
+    status = await repository.finalize(execution.id, stale_after_s=30)
+
+    assert status == "COMPLETED"
+    assert (await repository.get(execution.id)).status == "COMPLETED"

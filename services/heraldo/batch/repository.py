@@ -464,8 +464,9 @@ class JobRepository:
         return result.rowcount > 0
 
     async def finalize(self, execution_id: str, *, stale_after_s: float) -> str | None:
-        """Ends the execution when its partitions allow: COMPLETED when every one completed,
-        STOPPED when a stop was asked and no live replica still works on one.
+        """Ends the execution when its partitions allow: COMPLETED when every one completed (a
+        stop asked too late to stop anything changes nothing), STOPPED when a stop was asked and
+        no live replica still works on one.
 
         Returns the status it set, or None when the execution goes on (or had already ended).
         Several replicas may call this at once: the conditional update lets one of them win.
@@ -477,8 +478,8 @@ class JobRepository:
         live = sa.exists().where(of_execution, steps.status == STARTED,
                                  steps.heartbeat_time >= cutoff)
         async with self.engine.begin() as conn:
-            for status, condition in ((COMPLETED, sa.and_(columns.status == STARTED,
-                                                          ~unfinished)),
+            for status, condition in ((COMPLETED, sa.and_(
+                                          columns.status.in_((STARTED, STOPPING)), ~unfinished)),
                                       (STOPPED, sa.and_(columns.status == STOPPING, ~live))):
                 result = await conn.execute(job_executions.update().where(
                     columns.id == execution_id, condition).values(
