@@ -68,10 +68,10 @@ class NotifierServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeliverBatches(self, request_iterator, context):
-        """Deliver with many notifications per message, as the batch service sends them: the same
-        guarantees, with a fraction of the per-message cost of gRPC and Envoy. Results come back in
-        groups of whatever is ready, not in the groups the requests came in. A group may hold at most
-        1,000 requests.
+        """Deliver with many notifications per message, as the batch service sends them:
+        the same guarantees, with a fraction of the per-message cost of gRPC and Envoy.
+        Results come back in groups of whatever is ready, not in the groups the requests
+        came in. A group may hold at most 1,000 requests.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
