@@ -11,7 +11,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from heraldo.errors import Unavailable
 
@@ -220,6 +221,11 @@ def asyncpg_dsn(url: sa.engine.URL) -> str:
 
 def is_postgres(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def dialect_insert(bind: AsyncEngine | AsyncConnection):
+    """The INSERT construct of ``bind``'s dialect: the one with ON CONFLICT, on both databases."""
+    return (postgresql if bind.dialect.name == "postgresql" else sqlite).insert
 
 
 def describe(url: str) -> str:

@@ -22,13 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from heraldo.batch.params import JobParams
 from heraldo.convert import utcnow
 from heraldo.db import (
     customers,
+    dialect_insert,
     invoices,
     job_breakdown,
     job_executions,
@@ -572,8 +572,7 @@ class JobRepository:
 
     def _add_to_breakdown(self, execution_id: str, counts: dict[tuple[str, str], int]):
         """An upsert adding ``counts`` to the execution's breakdown rows."""
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        statement = dialect.insert(job_breakdown).values([
+        statement = dialect_insert(self.engine)(job_breakdown).values([
             {"execution_id": execution_id, "kind": kind, "name": name, "count": count}
             for (kind, name), count in sorted(counts.items())])
         return statement.on_conflict_do_update(

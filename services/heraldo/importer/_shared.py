@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from heraldo.db import dialect_insert
 
 #: The locale of a customer whose country is not in the table below: the retailer is
 #: British and writes in British English by default.
@@ -61,9 +62,8 @@ async def insert_new_rows(
     CONFLICT alone, keeps PostgreSQL from drawing a sequence value for every row that
     turns out to exist already.
     """
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     key_column = table.c[key]
-    statement = dialect.insert(table).on_conflict_do_nothing(index_elements=[key_column])
+    statement = dialect_insert(conn)(table).on_conflict_do_nothing(index_elements=[key_column])
     inserted: list[dict[str, Any]] = []
     for start in range(0, len(rows), LOOKUP_BATCH_SIZE):
         batch = rows[start:start + LOOKUP_BATCH_SIZE]

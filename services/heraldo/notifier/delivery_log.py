@@ -45,10 +45,15 @@ from typing import Generic, TypeVar
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from heraldo.db import POSTGRES_SERVER_SETTINGS, asyncpg_dsn, deliveries, describe
+from heraldo.db import (
+    POSTGRES_SERVER_SETTINGS,
+    asyncpg_dsn,
+    deliveries,
+    describe,
+    dialect_insert,
+)
 from heraldo.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -209,7 +214,7 @@ class DeliveryLog:
         # Rows this replica claimed before this moment belong to an earlier, crashed process.
         self._started_at = dt.datetime.now(dt.UTC)
         self._postgres = engine.dialect.name == "postgresql"
-        self._insert = (postgresql if self._postgres else sqlite).insert
+        self._insert = dialect_insert(engine)
         # The rarer statements (reads, take-overs) are single statements too: no transaction.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT") \
             if self._postgres else engine
