@@ -12,12 +12,14 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from .conftest import DrillReport, notifier_hosts, run_drill, wait_for
+from .conftest import DRILL_RATE_PER_S, DrillReport, notifier_hosts, run_drill, wait_for
 
 pytestmark = [pytest.mark.drills, pytest.mark.mesh]
 
 #: How long the Consul drill keeps Consul down.
 CONSUL_OUTAGE_S = 15.0
+#: The cluster's pace while a new replica starts: about a minute of work left for it to join.
+JOINING_RATE_PER_S = "15"
 
 
 def assert_nothing_lost(report: DrillReport, arrivals: Counter[str]) -> None:
@@ -135,13 +137,26 @@ def test_restart_in_the_middle_of_a_job(drill_mesh, tmp_path, component):
     assert_nothing_lost_or_doubled(report, arrivals)
 
 
+async def _set_cluster_rate(mesh, rate_per_s: str) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        url = f"{mesh.consul_address.url}/v1/kv/config/notifier/rate_per_s"
+        async with session.put(url, data=rate_per_s) as response:
+            assert response.status == 200, await response.text()
+
+
 async def _drill_add_notifier(mesh, tmp_path):
     added: list[str] = []
 
     async def disrupt(report: DrillReport) -> None:
-        added.append(mesh.add_notifier())
-        seconds = await wait_for(lambda: _hosts_at_least(mesh, mesh.notifiers),
-                                 "Envoy to route to the new replica")
+        # A replica can take seconds to start on a busy machine; the paced job would end first.
+        # The running replicas slow down until the new one is in Envoy, so work is left for it.
+        await _set_cluster_rate(mesh, JOINING_RATE_PER_S)
+        try:
+            added.append(mesh.add_notifier())
+            seconds = await wait_for(lambda: _hosts_at_least(mesh, mesh.notifiers),
+                                     "Envoy to route to the new replica")
+        finally:
+            await _set_cluster_rate(mesh, DRILL_RATE_PER_S)
         report.notes.append(f"added {added[0]}; in Envoy after {seconds:.2f} s")
 
     report, arrivals = await run_drill(mesh, tmp_path, "add-notifier", disrupt)
