@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 
 import grpc
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from google.protobuf import timestamp_pb2
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -72,6 +72,31 @@ VARIANT_BY_KIND = {
 }
 
 
+#: The common shape of an address: an ASCII dot-atom local part, then a lower-case host name of
+#: two or more labels under an alphabetic top-level one. email_validator takes about 30 us to
+#: check an address, nearly a tenth of a notification's cost when every customer is new.
+_PLAIN_ADDRESS = re.compile(r"(?P<local>[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,64}"
+                            r"(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
+                            r"@(?P<domain>(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
+                            r"(?P<tld>[a-z]{2,63}))")
+#: email_validator's own limits, which the pattern alone does not bound.
+MAX_LOCAL_PART_CHARS = 64
+MAX_ADDRESS_CHARS = 254
+
+
+def plainly_valid(email: str) -> bool:
+    """True when ``email`` has the common shape whose check by email_validator can only pass
+    and give the address back unchanged; False sends it to the full check.
+
+    Conservative on purpose: any doubled hyphen (the IDNA rules on ``xn--`` labels) or
+    special-use top-level name (``localhost``, ``test``...) goes to email_validator.
+    """
+    match = _PLAIN_ADDRESS.fullmatch(email)
+    return (match is not None and len(email) <= MAX_ADDRESS_CHARS
+            and len(match["local"]) <= MAX_LOCAL_PART_CHARS and "--" not in match["domain"]
+            and match["tld"] not in SPECIAL_USE_DOMAIN_NAMES)
+
+
 @functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
 def sendable_address(email: str) -> tuple[str, str]:
     """The address to give SMTP for ``email``, or why it cannot be used: ``(address, problem)``.
@@ -80,6 +105,8 @@ def sendable_address(email: str) -> tuple[str, str]:
     so it stays UTF-8 and the mailer needs the server's SMTPUTF8 for it. Cached: a customer with
     many invoices is checked once, and the check is a sizeable part of a request's cost.
     """
+    if plainly_valid(email):
+        return email, ""
     try:
         valid = validate_email(email, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as exc:
