@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
-from email_validator import EmailNotValidError, validate_email
-
+from heraldo.addresses import sendable_address
 from heraldo.batch.params import KIND_VALUES
 from heraldo.batch.repository import InvoiceRow, Outcome
 from heraldo.convert import date_to_proto, money_from_decimal
@@ -29,21 +27,10 @@ def notification_id(instance_id: str, invoice_number: str) -> str:
     return f"{instance_id}.{invoice_number}"
 
 
-#: Recent addresses whose check is remembered: a customer with many invoices is checked once.
-ADDRESS_CACHE_SIZE = 8192
-
-
-@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
 def address_problem(address: str | None) -> str:
     if not address:
         return NO_ADDRESS
-    try:
-        # Syntax only: a DNS lookup per customer would cost more than sending the mail. A
-        # non-ASCII local part is allowed: the notifier sends it where the server offers SMTPUTF8.
-        validate_email(address, check_deliverability=False, allow_smtputf8=True)
-    except EmailNotValidError:
-        return INVALID_ADDRESS
-    return ""
+    return INVALID_ADDRESS if sendable_address(address)[1] else ""
 
 
 def process_chunk(rows: list[InvoiceRow], *, instance_id: str, job_id: str,

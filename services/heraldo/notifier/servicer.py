@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
-import functools
 import logging
 import re
 import time
@@ -14,11 +13,11 @@ from dataclasses import dataclass
 from email.utils import parseaddr
 
 import grpc
-from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from google.protobuf import timestamp_pb2
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from heraldo.addresses import sendable_address
 from heraldo.errors import InvalidArgument, Unavailable
 from heraldo.logs import mask_email
 from heraldo.notifier import delivery_log
@@ -52,8 +51,6 @@ MAX_INVOICE_NUMBER_CHARS = 64
 MAX_NAME_CHARS = 200
 #: The most requests one DeliverBatches message may hold: bounds what a single message costs.
 MAX_BATCH_REQUESTS = 1000
-#: Recent addresses whose check is remembered: a few megabytes, flat however long the job.
-ADDRESS_CACHE_SIZE = 8192
 
 STATUS_NAMES = {value: name.removeprefix("DELIVERY_STATUS_").lower()
                 for name, value in pb.DeliveryStatus.items()}
@@ -70,48 +67,6 @@ VARIANT_BY_KIND = {
     pb.DOCUMENT_KIND_INVOICE: "invoice",
     pb.DOCUMENT_KIND_CREDIT_NOTE: "credit_note",
 }
-
-
-#: The common shape of an address: an ASCII dot-atom local part, then a lower-case host name of
-#: two or more labels under an alphabetic top-level one. email_validator takes about 30 us to
-#: check an address, nearly a tenth of a notification's cost when every customer is new.
-_PLAIN_ADDRESS = re.compile(r"(?P<local>[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,64}"
-                            r"(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
-                            r"@(?P<domain>(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
-                            r"(?P<tld>[a-z]{2,63}))")
-#: email_validator's own limits, which the pattern alone does not bound.
-MAX_LOCAL_PART_CHARS = 64
-MAX_ADDRESS_CHARS = 254
-
-
-def plainly_valid(email: str) -> bool:
-    """True when ``email`` has the common shape whose check by email_validator can only pass
-    and give the address back unchanged; False sends it to the full check.
-
-    Conservative on purpose: any doubled hyphen (the IDNA rules on ``xn--`` labels) or
-    special-use top-level name (``localhost``, ``test``...) goes to email_validator.
-    """
-    match = _PLAIN_ADDRESS.fullmatch(email)
-    return (match is not None and len(email) <= MAX_ADDRESS_CHARS
-            and len(match["local"]) <= MAX_LOCAL_PART_CHARS and "--" not in match["domain"]
-            and match["tld"] not in SPECIAL_USE_DOMAIN_NAMES)
-
-
-@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
-def sendable_address(email: str) -> tuple[str, str]:
-    """The address to give SMTP for ``email``, or why it cannot be used: ``(address, problem)``.
-
-    An internationalised domain goes as its ASCII (IDNA) form; a non-ASCII local part has none,
-    so it stays UTF-8 and the mailer needs the server's SMTPUTF8 for it. Cached: a customer with
-    many invoices is checked once, and the check is a sizeable part of a request's cost.
-    """
-    if plainly_valid(email):
-        return email, ""
-    try:
-        valid = validate_email(email, check_deliverability=False, allow_smtputf8=True)
-    except EmailNotValidError as exc:
-        return "", str(exc)
-    return valid.ascii_email or f"{valid.local_part}@{valid.ascii_domain}", ""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The notifier's shortcut for common addresses gives exactly email_validator's answers."""
+"""The shortcut for common addresses gives exactly email_validator's answers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 import pytest
 from email_validator import EmailNotValidError, validate_email
 
+from heraldo.addresses import plainly_valid, sendable_address
 from heraldo.bench.workloads import generate_synthetic
-from heraldo.notifier.servicer import plainly_valid, sendable_address
 
 LOCAL_CHARACTERS = "abcXYZ019.-_+!#$%&'*/=?^`{|}~ é\"@"
 DOMAIN_CHARACTERS = "abcxyzABC09-._"
