@@ -1,8 +1,10 @@
 """Which email addresses can be mailed, and in what form: shared by the batch and the notifier.
 
-email_validator takes about 30 us to check an address: a tenth of a notification's whole cost
-in the notifier, and a third of the batch's, when every customer is new. Most addresses have a
-shape whose check can only pass and give them back unchanged; those skip it.
+email_validator takes about 30 us to check an address: in a job where nearly every customer is
+new, about a tenth of the notifier's CPU and a quarter of the batch's went to it. Most addresses
+have a shape whose check can only pass and give them back unchanged; those skip it. The shape
+follows the rules of email_validator 2 (the dependency is held below 3 for that), and a test
+compares the two.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import functools
 import re
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 #: Recent addresses whose check is remembered: a few megabytes, flat however long the job.
 ADDRESS_CACHE_SIZE = 8192
@@ -29,13 +32,15 @@ def plainly_valid(email: str) -> bool:
     """True when ``email`` has the common shape whose check by email_validator can only pass
     and give the address back unchanged; False sends it to the full check.
 
-    Conservative on purpose: any doubled hyphen (the IDNA rules on ``xn--`` labels) or
-    special-use top-level name (``localhost``, ``test``...) goes to email_validator.
+    Conservative on purpose: any doubled hyphen (the IDNA rules on ``xn--`` labels), special-use
+    top-level name (``localhost``, ``test``...) or role mailbox (``Info@``, ``postmaster@``...,
+    which email_validator writes in lower case, RFC 2142) goes to email_validator.
     """
     match = _PLAIN_ADDRESS.fullmatch(email)
     return (match is not None and len(email) <= MAX_ADDRESS_CHARS
             and len(match["local"]) <= MAX_LOCAL_PART_CHARS and "--" not in match["domain"]
-            and match["tld"] not in SPECIAL_USE_DOMAIN_NAMES)
+            and match["tld"] not in SPECIAL_USE_DOMAIN_NAMES
+            and match["local"].lower() not in CASE_INSENSITIVE_MAILBOX_NAMES)
 
 
 @functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)

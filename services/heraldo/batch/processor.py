@@ -30,7 +30,8 @@ def notification_id(instance_id: str, invoice_number: str) -> str:
 def address_problem(address: str | None) -> str:
     if not address:
         return NO_ADDRESS
-    return INVALID_ADDRESS if sendable_address(address)[1] else ""
+    sendable, _problem = sendable_address(address)
+    return "" if sendable else INVALID_ADDRESS
 
 
 def process_chunk(rows: list[InvoiceRow], *, instance_id: str, job_id: str,
