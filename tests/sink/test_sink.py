@@ -133,3 +133,29 @@ async def test_sigterm_stops_it_cleanly_and_a_restart_keeps_what_was_stored(sink
     assert (code, restarted_code) == (0, 0)
     assert stats == {"count": 4, "unique_notification_ids": 4}
     assert newest["n"] == 4
+
+
+async def test_a_signal_while_kept_messages_are_read_stops_it_at_once(tmp_path):
+    # Enough kept messages that reading them lasts far longer than a signal takes to arrive.
+    directory = tmp_path / "sink"
+    directory.mkdir()
+    raw = email(1).as_bytes()
+    for n in range(1, 30_001):
+        (directory / f"{n:08d}-job-1={n}@heraldo.eml").write_bytes(raw)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "heraldo.sink", "--smtp-port", "0", "--http-port", "0",
+        "--dir", str(directory), stderr=asyncio.subprocess.PIPE)
+    try:
+        line = (await asyncio.wait_for(process.stderr.readline(), START_TIMEOUT_S)).decode()
+        assert "reading kept messages" in line, line
+        process.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(process.communicate(), START_TIMEOUT_S)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert process.returncode == 0, stderr.decode()
+    assert "stopped while reading kept messages" in stderr.decode()
+    assert "listening" not in stderr.decode()
+    assert len(list(directory.glob("*.eml"))) == 30_000

@@ -26,6 +26,8 @@ logger = logging.getLogger("heraldo.sink")
 SERVICE_NAME = "heraldo-sink"
 #: Generous: the notifier's messages are a few kilobytes; this only stops runaway input.
 DATA_SIZE_LIMIT_BYTES = 32 * 1024 * 1024
+#: Kept messages read between two looks at the signals: a few milliseconds' work.
+KEPT_MESSAGES_STEP = 200
 
 
 class SinkHandler:
@@ -54,7 +56,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    store = MessageStore(args.dir)
+    # Installed before the kept messages are read: a large folder takes seconds to index, and
+    # a SIGINT or SIGTERM meanwhile must stop the sink, not wait for the reading to end.
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    store = MessageStore(args.dir, load=False)
+    for count in store.loading(step=KEPT_MESSAGES_STEP):
+        if count == KEPT_MESSAGES_STEP:
+            logger.info("reading kept messages dir=%s", args.dir)
+        await asyncio.sleep(0)
+        if stop.is_set():
+            logger.info("stopped while reading kept messages read=%d dir=%s", count, args.dir)
+            return
     handler = SinkHandler(store)
 
     smtp_server = await loop.create_server(
@@ -71,9 +85,6 @@ async def serve(args: argparse.Namespace) -> None:
     logger.info("listening smtp=%s:%d http=http://%s:%d/ dir=%s stored=%d", args.host, smtp_port,
                 args.host, http_port, args.dir, store.stats()["count"])
 
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     try:
         await stop.wait()
     finally:

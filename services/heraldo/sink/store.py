@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
@@ -63,23 +64,29 @@ class MessageStore:
     continues after them.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, load: bool = True) -> None:
+        """``load=False`` leaves the kept messages to ``loading()``, for a caller that must stay
+        responsive while a large folder is read."""
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self._parser = BytesHeaderParser(policy=compat32)
         self._messages: dict[int, StoredMessage] = {}
         self._notification_ids: dict[str, int] = {}
         self._last_n = 0
-        self._load()
+        if load:
+            for _ in self.loading():
+                pass
 
-    def _load(self) -> None:
-        for path in sorted(self.directory.glob("*.eml")):
+    def loading(self, step: int = 1000) -> Iterator[int]:
+        """Indexes the kept messages, yielding how many so far after every ``step`` of them."""
+        for count, path in enumerate(sorted(self.directory.glob("*.eml")), start=1):
             match = FILE_NAME.fullmatch(path.name)
-            if not match:
-                continue
-            data = path.read_bytes()
-            received = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
-            self._index(int(match.group(1)), data, path.name, "", received)
+            if match:
+                data = path.read_bytes()
+                received = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
+                self._index(int(match.group(1)), data, path.name, "", received)
+            if count % step == 0:
+                yield count
 
     def add(self, data: bytes, mail_from: str = "") -> StoredMessage:
         """Writes ``data`` to the next numbered file and indexes it."""
