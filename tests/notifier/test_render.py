@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 
 import pytest
@@ -55,6 +56,30 @@ def test_bad_money_is_refused(money):
         money_to_decimal(money)
 
 
+@pytest.mark.parametrize(("money", "problem"), [
+    (money_pb2.Money(currency_code="GBP", units=12, nanos=505_000_000),
+     "12.505 GBP has more decimal places than GBP has (2)"),
+    (money_pb2.Money(currency_code="GBP", units=12, nanos=1),
+     "12.000000001 GBP has more decimal places than GBP has (2)"),
+    (money_pb2.Money(currency_code="JPY", units=1200, nanos=500_000_000),
+     "1200.5 JPY has more decimal places than JPY has (0)"),
+    (money_pb2.Money(currency_code="ZZZ", units=12),
+     "currency_code 'ZZZ' is not an ISO 4217 currency"),
+])
+def test_an_amount_nobody_could_pay_is_refused_with_the_reason(money, problem):
+    with pytest.raises(InvalidMoney, match=re.escape(problem)):
+        money_to_decimal(money)
+
+
+@pytest.mark.parametrize(("money", "value"), [
+    (money_pb2.Money(currency_code="JPY", units=1200), Decimal("1200")),
+    (money_pb2.Money(currency_code="KWD", units=1, nanos=5_000_000), Decimal("1.005")),
+    (money_pb2.Money(currency_code="GBP", units=-3, nanos=-10_000_000), Decimal("-3.01")),
+])
+def test_amounts_within_their_currencys_decimals_are_kept(money, value):
+    assert money_to_decimal(money) == value
+
+
 def test_dates_come_from_google_type_date():
     assert date_from_proto(date_pb2.Date(year=2011, month=12, day=31)) == dt.date(2011, 12, 31)
     assert date_from_proto(date_pb2.Date()) is None
@@ -86,6 +111,22 @@ def test_english_invoice_states_amount_and_due_date(renderer):
     assert "Amount due: £1,234.50" in email.text
     assert "<strong>£1,234.50</strong>" in email.html
     assert email.language == "en"
+
+
+@pytest.mark.parametrize(("locale", "with_due_date", "without_due_date"), [
+    ("en-GB", "by the due date", "at your earliest convenience"),
+    ("es-ES", "antes de la fecha de vencimiento", "a la mayor brevedad"),
+])
+def test_an_invoice_without_a_due_date_does_not_mention_one(renderer, locale, with_due_date,
+                                                            without_due_date):
+    dated = renderer.render("invoice", locale, invoice())
+    undated = renderer.render("invoice", locale, invoice(due_date=None))
+
+    for body in (dated.text, dated.html):
+        assert with_due_date in body
+    for body in (undated.text, undated.html):
+        assert with_due_date not in body
+        assert without_due_date in body
 
 
 def test_spanish_invoice_uses_spanish_words_numbers_and_dates(renderer):

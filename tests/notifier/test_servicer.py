@@ -321,3 +321,33 @@ class socket_closed_port:
 
     def __exit__(self, *exc) -> None:
         self._sock.close()
+
+
+@pytest.mark.parametrize(("changes", "field", "problem"), [
+    ({"nanos": 505_000_000}, "amount", "12.505 GBP has more decimal places than GBP has (2)"),
+    ({"currency": "ZZZ"}, "amount", "currency_code 'ZZZ' is not an ISO 4217 currency"),
+    ({"name": "Ana <x>\r\nBcc: someone@example.com"}, "recipient.name",
+     "without control characters"),
+])
+async def test_send_refuses_what_no_customer_should_receive(notifier, smtp_server, changes,
+                                                           field, problem):
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await notifier.stub.Send(make_request(1, units=12, **changes))
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith(f"{field}: ")
+    assert problem in refused.value.details()
+    assert smtp_server.handler.received == []
+
+
+async def test_send_refuses_a_due_date_before_the_issue_date(notifier, smtp_server):
+    request = make_request(1)
+    request.due_date.year = 2010
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await notifier.stub.Send(request)
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == ("due_date: 2010-12-31 is before the issue date "
+                                       "2011-12-01")
+    assert smtp_server.handler.received == []

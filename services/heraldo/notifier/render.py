@@ -44,9 +44,26 @@ _LINE_BREAKS = re.compile(r"[ \t\r\n]+")
 
 NANOS_PER_UNIT = 1_000_000_000
 CURRENCY_CODE = re.compile(r"[A-Z]{3}")
-#: ISO 4217 minor units where they differ from 2: an amount shows at least this many decimals.
-MINOR_UNITS = {"JPY": 0, "KRW": 0, "ISK": 0, "CLP": 0, "VND": 0, "BHD": 3, "KWD": 3, "OMR": 3,
-               "JOD": 3, "TND": 3}
+#: The ISO 4217 currencies an invoice can be paid in (the list of 2025, without the codes for
+#: precious metals, testing and "no currency"): an amount in any other code is refused.
+CURRENCIES = frozenset("""
+    AED AFN ALL AMD AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD BTN BWP
+    BYN BZD CAD CDF CHE CHF CHW CLF CLP CNY COP COU CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB
+    EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD
+    JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP
+    MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR
+    RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND
+    TOP TRY TTD TWD TZS UAH UGX USD USN UYI UYU UYW UZS VED VES VND VUV WST XAF XCD XCG XOF XPF
+    YER ZAR ZMW ZWG
+""".split())
+#: ISO 4217 minor units where they differ from 2. An amount is refused with more decimals than
+#: its currency has (nobody can pay £12.505) and shown with at least this many.
+MINOR_UNITS = {
+    **dict.fromkeys("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split(),
+                    0),
+    **dict.fromkeys("BHD IQD JOD KWD LYD OMR TND".split(), 3),
+    **dict.fromkeys("CLF UYW".split(), 4),
+}
 
 
 class InvalidMoney(ValueError):
@@ -93,16 +110,24 @@ def money_to_decimal(money: money_pb2.Money) -> Decimal:
     """The exact value of ``money``: units plus nanos, never through a float.
 
     Raises:
-        InvalidMoney: no ISO currency code, nanos out of range, or units and nanos of opposite sign.
+        InvalidMoney: not an ISO 4217 currency, nanos out of range, units and nanos of opposite
+            sign, or more decimals than the currency has.
     """
-    if not CURRENCY_CODE.fullmatch(money.currency_code):
-        raise InvalidMoney(f"currency_code must be an ISO 4217 code like 'GBP', "
-                           f"got {money.currency_code!r}")
+    code = money.currency_code
+    if not CURRENCY_CODE.fullmatch(code):
+        raise InvalidMoney(f"currency_code must be an ISO 4217 code like 'GBP', got {code!r}")
+    if code not in CURRENCIES:
+        raise InvalidMoney(f"currency_code {code!r} is not an ISO 4217 currency")
     if not -NANOS_PER_UNIT < money.nanos < NANOS_PER_UNIT:
         raise InvalidMoney(f"nanos must be within ±999,999,999, got {money.nanos}")
     if (money.units > 0 and money.nanos < 0) or (money.units < 0 and money.nanos > 0):
         raise InvalidMoney(f"units {money.units} and nanos {money.nanos} have opposite signs")
-    return Decimal(money.units) + Decimal(money.nanos).scaleb(-9)
+    value = Decimal(money.units) + Decimal(money.nanos).scaleb(-9)
+    minor = MINOR_UNITS.get(code, 2)
+    if value and -value.normalize().as_tuple().exponent > minor:
+        raise InvalidMoney(f"{value.normalize():f} {code} has more decimal places than "
+                           f"{code} has ({minor})")
+    return value
 
 
 def date_from_proto(date: date_pb2.Date) -> dt.date | None:

@@ -404,8 +404,9 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
         address, problem = sendable_address(recipient.email)
         if problem:
             raise InvalidArgument("recipient.email", problem)
-        if len(recipient.name) > MAX_NAME_CHARS:
-            raise InvalidArgument("recipient.name", f"must be at most {MAX_NAME_CHARS} characters")
+        if len(recipient.name) > MAX_NAME_CHARS or _CONTROL.search(recipient.name):
+            raise InvalidArgument("recipient.name", f"must be at most {MAX_NAME_CHARS} characters "
+                                  "without control characters")
         locale = recipient.locale or self._settings.default_locale
         if not LOCALE_TAG.fullmatch(locale.replace("_", "-")):
             raise InvalidArgument("recipient.locale", f"{locale!r} is not a language tag")
@@ -426,6 +427,9 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
                 dates[name] = date_from_proto(getattr(request, name))
             except InvalidDate as exc:
                 raise InvalidArgument(name, str(exc)) from exc
+        if dates["issue_date"] and dates["due_date"] and dates["due_date"] < dates["issue_date"]:
+            raise InvalidArgument("due_date", f"{dates['due_date']} is before the issue date "
+                                  f"{dates['issue_date']}")
 
         template_set = request.template or self._settings.default_template
         try:
