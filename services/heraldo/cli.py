@@ -47,7 +47,7 @@ from typing import Any, get_type_hints
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from heraldo import db
+from heraldo import __version__, db
 from heraldo.argparsing import OneLineParser
 from heraldo.errors import ConfigError, HeraldoError, InvalidArgument, NotFound, Unavailable
 from heraldo.registry import ConsulAddress, seed_kv
@@ -637,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The module's docstring, without the code markup meant for readers of the source.
     parser = OneLineParser(prog="heraldo", description=__doc__.replace("``", ""),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"heraldo {__version__}")
     edge = argparse.ArgumentParser(add_help=False)
     edge.add_argument("--edge", default=os.environ.get("HERALDO_EDGE_URL", DEFAULT_EDGE_URL),
                       help="Envoy's edge (env HERALDO_EDGE_URL; default %(default)s)")

@@ -8,6 +8,7 @@ import socket
 
 import pytest
 
+import heraldo
 from heraldo import cli
 from heraldo.errors import ConfigError, InvalidArgument
 from heraldo.settings import load_seed
@@ -113,6 +114,14 @@ def test_the_original_commands_are_still_there(capsys):
     out = capsys.readouterr().out
     for command in ("jobs", "send", "mesh", "config", "import", "setup", "probe"):
         assert command in out
+
+
+def test_version_is_printed_with_exit_0(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"heraldo {heraldo.__version__}\n"
 
 
 def test_start_options_become_the_rest_body_the_edge_expects():
