@@ -225,6 +225,10 @@ def job_details(job: dict) -> str:
         lines.append("  not sent, by reason:")
         lines += [f"    {int(count):7d}  {reason}"
                   for reason, count in sorted(reasons.items(), key=lambda item: -int(item[1]))]
+    notices = job.get("notices") or {}
+    if notices:
+        lines.append("  sent, with a notice:")
+        lines += [f"    {int(count):7d}  {notice}" for notice, count in sorted(notices.items())]
     replicas = job.get("sentByReplica") or {}
     if replicas:
         sent = max(_count(job, "sent"), 1)

@@ -31,6 +31,8 @@ class RecordingNotifier(notification_pb2_grpc.NotifierServiceServicer):
         self.received: Counter[str] = Counter()
         #: Invoice numbers whose first delivery answers "451 try later".
         self.fail_once: set[str] = set()
+        #: Invoice numbers answered SENT as a possible copy (an earlier attempt was cut off).
+        self.possible_copies: set[str] = set()
         #: When set, every answer waits for it: a test holds replicas mid-chunk with it.
         self.gate: asyncio.Event | None = None
         self.streams = 0
@@ -56,7 +58,8 @@ class RecordingNotifier(notification_pb2_grpc.NotifierServiceServicer):
             status = notification_pb2.DELIVERY_STATUS_TEMPORARY_FAILURE
         return notification_pb2.DeliveryResult(
             notification_id=request.notification_id, status=status,
-            replica_id=self.replica_id, smtp_code=250 if status == 1 else 451)
+            replica_id=self.replica_id, smtp_code=250 if status == 1 else 451,
+            possible_copy=status == 1 and request.invoice_number in self.possible_copies)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
+from heraldo.batch.engine import POSSIBLE_COPY
 from heraldo.batch.params import JobParams
 from heraldo.batch.repository import JobRepository
 from heraldo.db import job_outcomes
@@ -68,6 +69,23 @@ async def test_a_job_notifies_every_eligible_invoice_once_and_records_the_rest(
     # every 10th has no customer; every 15th has a bad address unless it has no customer either
     assert dict(job.reasons) == {"no customer": 10, "invalid email address": 3}
     assert dict(job.sent_by_replica) == {"fake-1": len(sent)}
+
+
+async def test_a_possible_copy_is_counted_as_sent_and_shown_as_a_notice(engine, notifier, batch):
+    expected = await insert_invoices(engine, 30)
+    sent = sorted(number for number, outcome in expected.items() if outcome == "sent")
+    notifier.possible_copies = set(sent[:2])
+
+    started = await batch.StartJob(batch_pb2.StartJobRequest(job_name="monthly"))
+    job = await wait_for_end(batch, started.job_id)
+
+    assert job.counts.sent == len(sent)
+    assert dict(job.notices) == {POSSIBLE_COPY: 2}
+    assert POSSIBLE_COPY not in job.reasons
+    async with engine.connect() as conn:
+        flagged = (await conn.execute(sa.select(job_outcomes.c.notification_id).where(
+            job_outcomes.c.reason == POSSIBLE_COPY))).scalars().all()
+    assert sorted(nid.split(".", 1)[1] for nid in flagged) == sent[:2]
 
 
 async def test_a_chunk_goes_out_over_several_streams(engine, notifier, batch):

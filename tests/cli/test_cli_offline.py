@@ -166,3 +166,18 @@ def test_a_token_given_with_its_scheme_is_accepted(monkeypatch):
     monkeypatch.setenv("HERALDO_TOKEN", "Bearer abc.def.ghi")
 
     assert cli.read_token(None) == "abc.def.ghi"
+
+
+def test_jobs_show_lists_reasons_notices_and_replicas():
+    job = {"jobId": "job-1", "jobName": "monthly", "status": "JOB_STATUS_COMPLETED",
+           "counts": {"selected": "10", "processed": "10", "sent": "8", "skipped": "2"},
+           "reasons": {"no customer": "2"},
+           "notices": {"sent again after a replica died mid-delivery": "1"},
+           "sentByReplica": {"notifier-1": "8"}}
+
+    shown = cli.job_details(job).splitlines()
+
+    assert shown[shown.index("  not sent, by reason:") + 1].split() == ["2", "no", "customer"]
+    notice = shown[shown.index("  sent, with a notice:") + 1]
+    assert notice.split(maxsplit=1) == ["1", "sent again after a replica died mid-delivery"]
+    assert "  sent, by notifier replica:" in shown

@@ -57,6 +57,8 @@ def test_a_job_reaches_100_percent_on_the_page(browser, loaded_mesh, token, tmp_
     replicas = page.locator("#replicas tbody tr").all_inner_texts()
     assert [row.split()[0] for row in replicas] == ["notifier-1", "notifier-2", "notifier-3"]
     assert "invalid email address" in page.inner_text("#reasons")
+    # Nothing was in doubt in this job: no notice.
+    assert page.inner_text("#notices").strip() == "none"
     assert page.inner_text('#job-numbers dd[data-field="failed"]') == "0"
     assert page.locator("#stop").is_disabled() and page.locator("#restart").is_disabled()
 

@@ -70,6 +70,8 @@ class DrillReport:
     job_id: str = ""
     status: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    #: The job's notices on sent notifications (e.g. possible copies), as it reports them.
+    notices: dict[str, int] = field(default_factory=dict)
     disrupted_at_processed: int = 0
     job_seconds: float = 0.0
     stall_s: float = 0.0
@@ -152,6 +154,7 @@ async def run_drill(mesh: LocalMesh, tmp_path: Path, name: str,
         report.job_seconds = round(time.monotonic() - started, 2)
         report.status = job.get("status", "")
         report.counts = {key: int(value) for key, value in job.get("counts", {}).items()}
+        report.notices = {key: int(value) for key, value in job.get("notices", {}).items()}
         report.stall_s = round(_longest_stall(samples, disrupted_at), 2)
         messages = await _json(session, f"{mesh.sink_url}/api/messages")
 

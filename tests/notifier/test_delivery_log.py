@@ -59,6 +59,8 @@ async def test_a_temporary_failure_may_be_attempted_again(open_log):
     retry = await log.claim("job-1:1", "<job-1=1@heraldo>")
 
     assert (retry.claimed, retry.attempt) == (True, 2)
+    # Nothing was handed over the first time: the retry cannot make a copy.
+    assert not retry.in_doubt
 
 
 async def test_a_permanent_failure_is_not_attempted_again(open_log):
@@ -87,7 +89,7 @@ async def test_a_stale_claim_left_by_a_crash_is_taken_over(delivery_engine, open
     recent = await other.claim("job-1:2", "<job-1=2@heraldo>")
     lost = await crashed.record("job-1:1", 1, "sent")
 
-    assert (stale.claimed, stale.attempt) == (True, 2)
+    assert (stale.claimed, stale.attempt, stale.in_doubt) == (True, 2, True)
     assert not recent.claimed
     assert lost is False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 
 import grpc
@@ -351,3 +352,23 @@ async def test_send_refuses_a_due_date_before_the_issue_date(notifier, smtp_serv
     assert refused.value.details() == ("due_date: 2010-12-31 is before the issue date "
                                        "2011-12-01")
     assert smtp_server.handler.received == []
+
+
+async def test_a_send_cut_off_by_a_crash_is_sent_again_and_flagged_as_a_possible_copy(
+        notifier, smtp_server, delivery_engine):
+    # Given a replica that died after handing job-1:1 to the SMTP server, before recording it
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    async with delivery_engine.begin() as conn:
+        await conn.execute(sa.insert(db.deliveries).values(
+            notification_id="job-1:1", status="sending", smtp_code=0, detail="",
+            message_id="<job-1=1@heraldo>", replica_id="replica-gone", attempts=1,
+            create_time=long_ago, update_time=long_ago))
+
+    resent = await notifier.stub.Send(make_request(1))
+    fresh = await notifier.stub.Send(make_request(2))
+
+    # Then it goes out again, same Message-ID, and the result says a copy may exist
+    assert (resent.status, resent.possible_copy) == (SENT, True)
+    assert resent.message_id == "<job-1=1@heraldo>"
+    assert (fresh.status, fresh.possible_copy) == (SENT, False)
+    assert len(smtp_server.handler.received) == 2

@@ -58,6 +58,12 @@ OUTCOME_BY_STATUS = {
 }
 
 
+#: The notice on a notification sent after the replica first holding it died: that replica
+#: may or may not have handed it to the SMTP server; the log cannot tell, so it is flagged.
+POSSIBLE_COPY = ("sent after the replica first holding it died, which may have sent a copy "
+                 "(same Message-ID)")
+
+
 def outcome_reason(result: notification_pb2.DeliveryResult) -> str:
     """A short, groupable reason: the SMTP code class rather than the server's free text."""
     status = result.status
@@ -67,6 +73,8 @@ def outcome_reason(result: notification_pb2.DeliveryResult) -> str:
         return f"temporary failure after retries ({result.smtp_code or 'network'})"
     if status == notification_pb2.DELIVERY_STATUS_REJECTED:
         return f"rejected by notifier: {result.detail}"
+    if status == notification_pb2.DELIVERY_STATUS_SENT and result.possible_copy:
+        return POSSIBLE_COPY
     return ""
 
 

@@ -50,7 +50,7 @@ STEP_COUNTERS = ("read_count", "write_count", "filter_count", "skip_count", "com
                  "rollback_count")
 STEP_NAME = "notify"
 #: The kinds of ``job_breakdown`` rows: outcomes by skip or failure reason, sent ones by replica.
-REASON, REPLICA = "reason", "replica"
+REASON, REPLICA, NOTICE = "reason", "replica", "notice"
 SKIP_LIMIT_EXCEEDED, ABANDONED = "SKIP_LIMIT_EXCEEDED", "ABANDONED"
 
 
@@ -145,6 +145,15 @@ class Outcome:
     filtered: bool = False
     #: Handed to the notifiers (whatever they answered).
     written: bool = False
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """A job's outcomes beyond its counts: see ``JobRepository.breakdown``."""
+
+    reasons: dict[str, int]
+    sent_by_replica: dict[str, int]
+    notices: dict[str, int]
 
 
 @dataclass
@@ -553,10 +562,10 @@ class JobRepository:
                 stop_requested=True, status=STOPPING))
         return await self.get(execution_id)
 
-    async def breakdown(self, execution: Execution) -> tuple[dict[str, int], dict[str, int]]:
-        """Skipped and failed invoices by reason, and sent ones by replica, up to and including
-        ``execution``: the same span as its counts, which carry over from the executions it
-        restarted, and never a later restart's."""
+    async def breakdown(self, execution: Execution) -> Breakdown:
+        """Skipped and failed invoices by reason, sent ones by replica and by notice, up to and
+        including ``execution``: the same span as its counts, which carry over from the
+        executions it restarted, and never a later restart's."""
         counts = job_breakdown.c
         so_far = sa.select(job_executions.c.id).where(
             job_executions.c.instance_id == execution.instance_id,
@@ -565,10 +574,11 @@ class JobRepository:
             rows = await conn.execute(
                 sa.select(counts.kind, counts.name, sa.func.sum(counts.count))
                 .where(counts.execution_id.in_(so_far)).group_by(counts.kind, counts.name))
-            totals: dict[str, dict[str, int]] = {REASON: {}, REPLICA: {}}
+            totals: dict[str, dict[str, int]] = {REASON: {}, REPLICA: {}, NOTICE: {}}
             for kind, name, count in rows:
                 totals[kind][name] = int(count)
-        return totals[REASON], totals[REPLICA]
+        return Breakdown(reasons=totals[REASON], sent_by_replica=totals[REPLICA],
+                         notices=totals[NOTICE])
 
     def _add_to_breakdown(self, execution_id: str, counts: dict[tuple[str, str], int]):
         """An upsert adding ``counts`` to the execution's breakdown rows."""
@@ -581,13 +591,16 @@ class JobRepository:
 
 
 def breakdown_counts(outcomes: Sequence[Outcome]) -> dict[tuple[str, str], int]:
-    """What a chunk adds to the breakdown: skipped and failed by reason, sent by replica."""
+    """What a chunk adds to the breakdown: skipped and failed by reason, sent by replica and,
+    when there is one, by notice."""
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
     for outcome in outcomes:
         if outcome.outcome in ("skipped", "failed"):
             counts[REASON, outcome.reason] += 1
         elif outcome.outcome == "sent":
             counts[REPLICA, outcome.replica_id] += 1
+            if outcome.reason:
+                counts[NOTICE, outcome.reason] += 1
     return counts
 
 

@@ -13,6 +13,7 @@ from heraldo.batch.params import parse_params, validate_job_name
 from heraldo.batch.repository import (
     RUNNING_STATUSES,
     TERMINAL_STATUSES,
+    Breakdown,
     Execution,
     JobRepository,
     Step,
@@ -38,8 +39,12 @@ def partition_to_proto(step: Step) -> batch_pb2.Partition:
         exit_message=step.exit_message)
 
 
-def job_to_proto(execution: Execution, reasons: dict[str, int],
-                 sent_by_replica: dict[str, int], steps: list[Step] = ()) -> batch_pb2.Job:
+#: A job listed or just created: its breakdown is not read.
+NO_BREAKDOWN = Breakdown(reasons={}, sent_by_replica={}, notices={})
+
+
+def job_to_proto(execution: Execution, breakdown: Breakdown,
+                 steps: list[Step] = ()) -> batch_pb2.Job:
     end = execution.end_time or utcnow()
     start = execution.start_time or execution.create_time
     elapsed_s = max((_aware(end) - _aware(start)).total_seconds(), 1e-6)
@@ -56,7 +61,8 @@ def job_to_proto(execution: Execution, reasons: dict[str, int],
         counts=batch_pb2.JobCounts(
             selected=execution.selected, processed=execution.processed, sent=execution.sent,
             skipped=execution.skipped, failed=execution.failed, duplicate=execution.duplicate),
-        reasons=reasons, sent_by_replica=sent_by_replica,
+        reasons=breakdown.reasons, sent_by_replica=breakdown.sent_by_replica,
+        notices=breakdown.notices,
         create_time=timestamp(execution.create_time), start_time=timestamp(execution.start_time),
         end_time=timestamp(execution.end_time), exit_message=execution.exit_message,
         rate_per_second=rate, seconds_left=seconds_left,
@@ -124,7 +130,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
                     "new_instance=%s elapsed_ms=%.0f", execution.id, execution.instance_id,
                     job_name, selected, len(steps), new_instance,
                     1000 * (time.perf_counter() - started))
-        return job_to_proto(execution, {}, {}, steps)
+        return job_to_proto(execution, NO_BREAKDOWN, steps)
 
     async def _create(self, job_name, params, selected, new_instance) -> Execution:
         partitions = params.partitions or self.settings.partitions
@@ -150,8 +156,7 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
 
     async def _job(self, job_id: str) -> batch_pb2.Job:
         execution = await self.repository.get(job_id)
-        reasons, replicas = await self.repository.breakdown(execution)
-        return job_to_proto(execution, reasons, replicas,
+        return job_to_proto(execution, await self.repository.breakdown(execution),
                             await self.repository.steps(execution.id))
 
     async def ListJobs(self, request, context):
@@ -167,7 +172,8 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             token = base64.urlsafe_b64encode(
                 f"{_aware(last.create_time).isoformat()}|{last.id}".encode()).decode()
         return batch_pb2.ListJobsResponse(
-            jobs=[job_to_proto(execution, {}, {}) for execution in page], next_page_token=token)
+            jobs=[job_to_proto(execution, NO_BREAKDOWN) for execution in page],
+            next_page_token=token)
 
     async def StopJob(self, request, context):
         execution = await self.repository.request_stop(_require_job_id(request.job_id))

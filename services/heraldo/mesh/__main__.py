@@ -112,6 +112,10 @@ def summary(job: dict, stats: dict, elapsed_s: float) -> str:
         lines.append("  not sent, by reason:")
         lines += [f"    {int(count):6d}  {reason}" for reason, count in sorted(
             reasons.items(), key=lambda item: -int(item[1]))]
+    notices = job.get("notices", {})
+    if notices:
+        lines.append("  sent, with a notice:")
+        lines += [f"    {int(count):6d}  {notice}" for notice, count in sorted(notices.items())]
     replicas = job.get("sentByReplica", {})
     sent = max(counts.get("sent", 0), 1)
     if replicas:

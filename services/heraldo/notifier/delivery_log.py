@@ -166,6 +166,9 @@ class Claim:
     claimed: bool
     attempt: int = 0
     existing: Record | None = None
+    #: Taken over from an attempt still ``sending``, whose process died: that attempt may have
+    #: delivered the email before it could record it, or may never have reached the server.
+    in_doubt: bool = False
 
 
 @dataclass(frozen=True)
@@ -276,7 +279,8 @@ class DeliveryLog:
             if not self._may_retry(record, now):
                 return Claim(claimed=False, existing=record)
             if await self._take_over(record, message_id):
-                return Claim(claimed=True, attempt=record.attempts + 1)
+                return Claim(claimed=True, attempt=record.attempts + 1,
+                             in_doubt=record.status == SENDING)
             record = await self.get(record.notification_id)
         return Claim(claimed=False, existing=record)
 

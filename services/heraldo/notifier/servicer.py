@@ -336,6 +336,11 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
                              notification_id, mask_email(checked.address), claim.attempt,
                              STATUS_NAMES[outcome.status], outcome.detail)
 
+            possible_copy = claim.in_doubt and outcome.status == pb.DELIVERY_STATUS_SENT
+            if possible_copy:
+                logger.warning("possible copy notification_id=%s attempt=%d: the replica of an "
+                               "earlier attempt died before recording it and may have sent it",
+                               notification_id, claim.attempt)
             try:
                 await self._log.record(notification_id, claim.attempt, LOG_STATUS[outcome.status],
                                        smtp_code=outcome.smtp_code, detail=outcome.detail)
@@ -344,7 +349,8 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
                 # "sending" and goes stale, the crash window described in delivery_log.
                 logger.error("could not record notification_id=%s status=%s: %s",
                              notification_id, STATUS_NAMES[outcome.status], exc)
-            return self._count(self._result(notification_id, outcome, message_id=message_id))
+            return self._count(self._result(notification_id, outcome, message_id=message_id,
+                                            possible_copy=possible_copy))
         finally:
             IN_FLIGHT.dec()
 
@@ -369,13 +375,13 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
             f"being delivered by {record.replica_id} (attempt {record.attempts}); try again later"))
 
     def _result(self, notification_id: str, outcome: Outcome, *, message_id: str = "",
-                replica_id: str = "") -> pb.DeliveryResult:
+                replica_id: str = "", possible_copy: bool = False) -> pb.DeliveryResult:
         completed_at = timestamp_pb2.Timestamp()
         completed_at.GetCurrentTime()
         return pb.DeliveryResult(
             notification_id=notification_id, status=outcome.status, smtp_code=outcome.smtp_code,
             detail=outcome.detail, message_id=message_id, replica_id=replica_id or self._replica_id,
-            completed_at=completed_at)
+            completed_at=completed_at, possible_copy=possible_copy)
 
     @staticmethod
     def _count(result: pb.DeliveryResult) -> pb.DeliveryResult:

@@ -118,7 +118,7 @@ class JobCounts(_message.Message):
     def __init__(self, selected: _Optional[int] = ..., processed: _Optional[int] = ..., sent: _Optional[int] = ..., skipped: _Optional[int] = ..., failed: _Optional[int] = ..., duplicate: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "job_name", "status", "parameters", "counts", "reasons", "sent_by_replica", "create_time", "start_time", "end_time", "exit_message", "rate_per_second", "seconds_left", "exit_code", "partitions")
+    __slots__ = ("job_id", "job_name", "status", "parameters", "counts", "reasons", "sent_by_replica", "create_time", "start_time", "end_time", "exit_message", "rate_per_second", "seconds_left", "exit_code", "partitions", "notices")
     class ReasonsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,13 @@ class Job(_message.Message):
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     class SentByReplicaEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class NoticesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +155,7 @@ class Job(_message.Message):
     SECONDS_LEFT_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    NOTICES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     job_name: str
     status: JobStatus
@@ -163,7 +171,8 @@ class Job(_message.Message):
     seconds_left: float
     exit_code: str
     partitions: _containers.RepeatedCompositeFieldContainer[Partition]
-    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., parameters: _Optional[_Union[JobParameters, _Mapping]] = ..., counts: _Optional[_Union[JobCounts, _Mapping]] = ..., reasons: _Optional[_Mapping[str, int]] = ..., sent_by_replica: _Optional[_Mapping[str, int]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_message: _Optional[str] = ..., rate_per_second: _Optional[float] = ..., seconds_left: _Optional[float] = ..., exit_code: _Optional[str] = ..., partitions: _Optional[_Iterable[_Union[Partition, _Mapping]]] = ...) -> None: ...
+    notices: _containers.ScalarMap[str, int]
+    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., parameters: _Optional[_Union[JobParameters, _Mapping]] = ..., counts: _Optional[_Union[JobCounts, _Mapping]] = ..., reasons: _Optional[_Mapping[str, int]] = ..., sent_by_replica: _Optional[_Mapping[str, int]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_message: _Optional[str] = ..., rate_per_second: _Optional[float] = ..., seconds_left: _Optional[float] = ..., exit_code: _Optional[str] = ..., partitions: _Optional[_Iterable[_Union[Partition, _Mapping]]] = ..., notices: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Partition(_message.Message):
     __slots__ = ("index", "status", "replica_id", "after_id", "last_id", "checkpoint", "read", "written", "filtered", "skipped", "commits", "rollbacks", "exit_message")

@@ -29,7 +29,7 @@ from google.type import date_pb2 as google_dot_type_dot_date__pb2
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dheraldo/v1/notification.proto\x12\nheraldo.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a\x17google/type/money.proto\"S\n\tRecipient\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x05\x65mail\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06locale\x18\x04 \x01(\t\"\xc2\x02\n\x13NotificationRequest\x12\x1d\n\x0fnotification_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x1c\n\x0einvoice_number\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12&\n\x04kind\x18\x04 \x01(\x0e\x32\x18.heraldo.v1.DocumentKind\x12.\n\trecipient\x18\x05 \x01(\x0b\x32\x15.heraldo.v1.RecipientB\x04\xe2\x41\x01\x02\x12(\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x02\x12%\n\nissue_date\x18\x07 \x01(\x0b\x32\x11.google.type.Date\x12#\n\x08\x64ue_date\x18\x08 \x01(\x0b\x32\x11.google.type.Date\x12\x10\n\x08template\x18\t \x01(\t\"\xd2\x01\n\x0e\x44\x65liveryResult\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.heraldo.v1.DeliveryStatus\x12\x11\n\tsmtp_code\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x12\n\nmessage_id\x18\x05 \x01(\t\x12\x12\n\nreplica_id\x18\x06 \x01(\t\x12\x30\n\x0c\x63ompleted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x11NotificationBatch\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.heraldo.v1.NotificationRequest\"B\n\x13\x44\x65liveryResultBatch\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.heraldo.v1.DeliveryResult*g\n\x0c\x44ocumentKind\x12\x1d\n\x19\x44OCUMENT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44OCUMENT_KIND_INVOICE\x10\x01\x12\x1d\n\x19\x44OCUMENT_KIND_CREDIT_NOTE\x10\x02*\xd6\x01\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45LIVERY_STATUS_SENT\x10\x01\x12\x1d\n\x19\x44\x45LIVERY_STATUS_DUPLICATE\x10\x02\x12%\n!DELIVERY_STATUS_TEMPORARY_FAILURE\x10\x03\x12%\n!DELIVERY_STATUS_PERMANENT_FAILURE\x10\x04\x12\x1c\n\x18\x44\x45LIVERY_STATUS_REJECTED\x10\x05\x32\x9b\x02\n\x0fNotifierService\x12J\n\x07\x44\x65liver\x12\x1f.heraldo.v1.NotificationRequest\x1a\x1a.heraldo.v1.DeliveryResult(\x01\x30\x01\x12T\n\x0e\x44\x65liverBatches\x12\x1d.heraldo.v1.NotificationBatch\x1a\x1f.heraldo.v1.DeliveryResultBatch(\x01\x30\x01\x12\x66\n\x04Send\x12\x1f.heraldo.v1.NotificationRequest\x1a\x1a.heraldo.v1.DeliveryResult\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/notifications:send:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dheraldo/v1/notification.proto\x12\nheraldo.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a\x17google/type/money.proto\"S\n\tRecipient\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x05\x65mail\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06locale\x18\x04 \x01(\t\"\xc2\x02\n\x13NotificationRequest\x12\x1d\n\x0fnotification_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x1c\n\x0einvoice_number\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12&\n\x04kind\x18\x04 \x01(\x0e\x32\x18.heraldo.v1.DocumentKind\x12.\n\trecipient\x18\x05 \x01(\x0b\x32\x15.heraldo.v1.RecipientB\x04\xe2\x41\x01\x02\x12(\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x02\x12%\n\nissue_date\x18\x07 \x01(\x0b\x32\x11.google.type.Date\x12#\n\x08\x64ue_date\x18\x08 \x01(\x0b\x32\x11.google.type.Date\x12\x10\n\x08template\x18\t \x01(\t\"\xe9\x01\n\x0e\x44\x65liveryResult\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.heraldo.v1.DeliveryStatus\x12\x11\n\tsmtp_code\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x12\n\nmessage_id\x18\x05 \x01(\t\x12\x12\n\nreplica_id\x18\x06 \x01(\t\x12\x30\n\x0c\x63ompleted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rpossible_copy\x18\x08 \x01(\x08\"F\n\x11NotificationBatch\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.heraldo.v1.NotificationRequest\"B\n\x13\x44\x65liveryResultBatch\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.heraldo.v1.DeliveryResult*g\n\x0c\x44ocumentKind\x12\x1d\n\x19\x44OCUMENT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44OCUMENT_KIND_INVOICE\x10\x01\x12\x1d\n\x19\x44OCUMENT_KIND_CREDIT_NOTE\x10\x02*\xd6\x01\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45LIVERY_STATUS_SENT\x10\x01\x12\x1d\n\x19\x44\x45LIVERY_STATUS_DUPLICATE\x10\x02\x12%\n!DELIVERY_STATUS_TEMPORARY_FAILURE\x10\x03\x12%\n!DELIVERY_STATUS_PERMANENT_FAILURE\x10\x04\x12\x1c\n\x18\x44\x45LIVERY_STATUS_REJECTED\x10\x05\x32\x9b\x02\n\x0fNotifierService\x12J\n\x07\x44\x65liver\x12\x1f.heraldo.v1.NotificationRequest\x1a\x1a.heraldo.v1.DeliveryResult(\x01\x30\x01\x12T\n\x0e\x44\x65liverBatches\x12\x1d.heraldo.v1.NotificationBatch\x1a\x1f.heraldo.v1.DeliveryResultBatch(\x01\x30\x01\x12\x66\n\x04Send\x12\x1f.heraldo.v1.NotificationRequest\x1a\x1a.heraldo.v1.DeliveryResult\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/notifications:send:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,20 +48,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOTIFICATIONREQUEST'].fields_by_name['amount']._serialized_options = b'\342A\001\002'
   _globals['_NOTIFIERSERVICE'].methods_by_name['Send']._loaded_options = None
   _globals['_NOTIFIERSERVICE'].methods_by_name['Send']._serialized_options = b'\202\323\344\223\002\033\"\026/v1/notifications:send:\001*'
-  _globals['_DOCUMENTKIND']._serialized_start=953
-  _globals['_DOCUMENTKIND']._serialized_end=1056
-  _globals['_DELIVERYSTATUS']._serialized_start=1059
-  _globals['_DELIVERYSTATUS']._serialized_end=1273
+  _globals['_DOCUMENTKIND']._serialized_start=976
+  _globals['_DOCUMENTKIND']._serialized_end=1079
+  _globals['_DELIVERYSTATUS']._serialized_start=1082
+  _globals['_DELIVERYSTATUS']._serialized_end=1296
   _globals['_RECIPIENT']._serialized_start=190
   _globals['_RECIPIENT']._serialized_end=273
   _globals['_NOTIFICATIONREQUEST']._serialized_start=276
   _globals['_NOTIFICATIONREQUEST']._serialized_end=598
   _globals['_DELIVERYRESULT']._serialized_start=601
-  _globals['_DELIVERYRESULT']._serialized_end=811
-  _globals['_NOTIFICATIONBATCH']._serialized_start=813
-  _globals['_NOTIFICATIONBATCH']._serialized_end=883
-  _globals['_DELIVERYRESULTBATCH']._serialized_start=885
-  _globals['_DELIVERYRESULTBATCH']._serialized_end=951
-  _globals['_NOTIFIERSERVICE']._serialized_start=1276
-  _globals['_NOTIFIERSERVICE']._serialized_end=1559
+  _globals['_DELIVERYRESULT']._serialized_end=834
+  _globals['_NOTIFICATIONBATCH']._serialized_start=836
+  _globals['_NOTIFICATIONBATCH']._serialized_end=906
+  _globals['_DELIVERYRESULTBATCH']._serialized_start=908
+  _globals['_DELIVERYRESULTBATCH']._serialized_end=974
+  _globals['_NOTIFIERSERVICE']._serialized_start=1299
+  _globals['_NOTIFIERSERVICE']._serialized_end=1582
 # @@protoc_insertion_point(module_scope)

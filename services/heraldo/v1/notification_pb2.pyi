@@ -73,7 +73,7 @@ class NotificationRequest(_message.Message):
     def __init__(self, notification_id: _Optional[str] = ..., job_id: _Optional[str] = ..., invoice_number: _Optional[str] = ..., kind: _Optional[_Union[DocumentKind, str]] = ..., recipient: _Optional[_Union[Recipient, _Mapping]] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., issue_date: _Optional[_Union[_date_pb2.Date, _Mapping]] = ..., due_date: _Optional[_Union[_date_pb2.Date, _Mapping]] = ..., template: _Optional[str] = ...) -> None: ...
 
 class DeliveryResult(_message.Message):
-    __slots__ = ("notification_id", "status", "smtp_code", "detail", "message_id", "replica_id", "completed_at")
+    __slots__ = ("notification_id", "status", "smtp_code", "detail", "message_id", "replica_id", "completed_at", "possible_copy")
     NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     SMTP_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class DeliveryResult(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
+    POSSIBLE_COPY_FIELD_NUMBER: _ClassVar[int]
     notification_id: str
     status: DeliveryStatus
     smtp_code: int
@@ -88,7 +89,8 @@ class DeliveryResult(_message.Message):
     message_id: str
     replica_id: str
     completed_at: _timestamp_pb2.Timestamp
-    def __init__(self, notification_id: _Optional[str] = ..., status: _Optional[_Union[DeliveryStatus, str]] = ..., smtp_code: _Optional[int] = ..., detail: _Optional[str] = ..., message_id: _Optional[str] = ..., replica_id: _Optional[str] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    possible_copy: bool
+    def __init__(self, notification_id: _Optional[str] = ..., status: _Optional[_Union[DeliveryStatus, str]] = ..., smtp_code: _Optional[int] = ..., detail: _Optional[str] = ..., message_id: _Optional[str] = ..., replica_id: _Optional[str] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., possible_copy: _Optional[bool] = ...) -> None: ...
 
 class NotificationBatch(_message.Message):
     __slots__ = ("requests",)

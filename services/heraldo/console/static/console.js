@@ -243,6 +243,9 @@ function renderJob(job) {
   const reasons = Object.entries(job.reasons || {}).map(([k, v]) => [k, Number(v)])
     .sort((a, b) => b[1] - a[1]);
   renderBars("#reasons", reasons, reasons.reduce((total, [, v]) => total + v, 0));
+  const notices = Object.entries(job.notices || {}).map(([k, v]) => [k, Number(v)])
+    .sort((a, b) => b[1] - a[1]);
+  renderBars("#notices", notices, sent);
   drawThroughput(job, recordSample(job));
 }
 
