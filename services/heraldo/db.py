@@ -107,8 +107,9 @@ job_outcomes = sa.Table(
     sa.Column("batch_replica", sa.String(100), nullable=False, server_default=""),
 )
 
-# Running counts of an execution's outcomes, by skip or failure reason (kind "reason") and by the
-# notifier replica that sent them (kind "replica"), added to by each chunk's commit. Watching a job
+# Running counts of an execution's outcomes, by skip or failure reason (kind "reason"), by the
+# notifier replica that sent them (kind "replica") and by notice on sent or already sent ones
+# (kind "notice": a possible copy), added to by each chunk's commit. Watching a job
 # reads these few rows; counting them from job_outcomes instead cost a scan of every outcome so far
 # on each poll, which for a large job took more of PostgreSQL than the job itself.
 job_breakdown = sa.Table(
@@ -166,6 +167,8 @@ deliveries = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
     sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
     sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+    # Some attempt was taken over from a replica that died holding it: a first copy may exist.
+    sa.Column("possible_copy", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 

@@ -11,10 +11,12 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
-from heraldo.batch.repository import JobRepository
+from heraldo.batch.engine import POSSIBLE_COPY, outcome_reason
+from heraldo.batch.repository import NOTICE, REPLICA, JobRepository, Outcome, breakdown_counts
 from heraldo.db import job_outcomes, step_executions
 from heraldo.errors import FailedPrecondition
 from heraldo.v1 import batch_pb2
+from heraldo.v1 import notification_pb2 as pb
 
 from .conftest import build_servicer, insert_invoices
 
@@ -310,3 +312,15 @@ async def test_starting_with_bad_parameters_creates_nothing(engine, replicas):
 
 
 _ = grpc  # the servicers are called directly; grpc errors are the interceptor's business
+
+
+def test_a_possible_copy_is_a_notice_whether_sent_now_or_already_sent():
+    results = [pb.DeliveryResult(status=pb.DELIVERY_STATUS_SENT, possible_copy=True),
+               pb.DeliveryResult(status=pb.DELIVERY_STATUS_DUPLICATE, possible_copy=True),
+               pb.DeliveryResult(status=pb.DELIVERY_STATUS_SENT)]
+    outcomes = [Outcome(index, f"n{index}", outcome, outcome_reason(result), "notifier-1")
+                for index, (outcome, result) in enumerate(zip(("sent", "duplicate", "sent"),
+                                                               results, strict=True))]
+
+    assert [outcome.reason for outcome in outcomes] == [POSSIBLE_COPY, POSSIBLE_COPY, ""]
+    assert breakdown_counts(outcomes) == {(NOTICE, POSSIBLE_COPY): 2, (REPLICA, "notifier-1"): 2}

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import sqlalchemy as sa
 
 from heraldo import db
+from heraldo.batch.engine import POSSIBLE_COPY
 from heraldo.importer import load_demo
 from heraldo.mesh.__main__ import TERMINAL, start_job_over_rest
 from heraldo.mesh.supervisor import LocalMesh, MeshPorts, envoy_healthy_hosts
@@ -70,8 +72,10 @@ class DrillReport:
     job_id: str = ""
     status: str = ""
     counts: dict[str, int] = field(default_factory=dict)
-    #: The job's notices on sent notifications (e.g. possible copies), as it reports them.
+    #: The job's notices on sent notifications (e.g. possible copies), as it reports them, and
+    #: the notification ids it flagged as possible copies.
     notices: dict[str, int] = field(default_factory=dict)
+    flagged: list[str] = field(default_factory=list)
     disrupted_at_processed: int = 0
     job_seconds: float = 0.0
     stall_s: float = 0.0
@@ -85,6 +89,18 @@ class DrillReport:
 async def _json(session: aiohttp.ClientSession, url: str, **kwargs) -> dict:
     async with session.get(url, **kwargs) as response:
         return await response.json(content_type=None)
+
+
+async def _flagged_as_possible_copies(mesh: LocalMesh, job_id: str) -> list[str]:
+    engine = db.create_engine(db.database_url(mesh.database_url))
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(sa.select(db.job_outcomes.c.notification_id).where(
+                db.job_outcomes.c.execution_id == job_id,
+                db.job_outcomes.c.reason == POSSIBLE_COPY))
+            return sorted(rows.scalars())
+    finally:
+        await engine.dispose()
 
 
 async def _sink_count(session: aiohttp.ClientSession, mesh: LocalMesh) -> int:
@@ -155,6 +171,7 @@ async def run_drill(mesh: LocalMesh, tmp_path: Path, name: str,
         report.status = job.get("status", "")
         report.counts = {key: int(value) for key, value in job.get("counts", {}).items()}
         report.notices = {key: int(value) for key, value in job.get("notices", {}).items()}
+        report.flagged = await _flagged_as_possible_copies(mesh, report.job_id)
         report.stall_s = round(_longest_stall(samples, disrupted_at), 2)
         messages = await _json(session, f"{mesh.sink_url}/api/messages")
 

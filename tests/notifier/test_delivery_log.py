@@ -264,3 +264,25 @@ async def test_a_pooled_connection_killed_by_a_database_restart_is_replaced_with
     finally:
         await log.close()
         await engine.dispose()
+
+
+async def test_a_possible_copy_stays_flagged_through_later_attempts(delivery_engine, open_log):
+    # Given replica-a died holding job-1:1, and replica-b's take-over failed for a while
+    crashed = open_log("replica-a", stale_after_s=60)
+    await crashed.claim("job-1:1", "<job-1=1@heraldo>")
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    async with delivery_engine.begin() as conn:
+        await conn.execute(sa.update(db.deliveries).values(update_time=long_ago))
+    other = open_log("replica-b", stale_after_s=60)
+    taken = await other.claim("job-1:1", "<job-1=1@heraldo>")
+    await other.record("job-1:1", taken.attempt, "temporary_failure", smtp_code=451)
+
+    # When it is attempted again, and then asked for once sent
+    retried = await other.claim("job-1:1", "<job-1=1@heraldo>")
+    await other.record("job-1:1", retried.attempt, "sent", smtp_code=250)
+    replay = await other.claim("job-1:1", "<job-1=1@heraldo>")
+
+    # Then every step still says a first copy may have gone out
+    assert (taken.in_doubt, retried.in_doubt) == (True, True)
+    assert not replay.claimed
+    assert (replay.existing.status, replay.existing.possible_copy) == ("sent", True)

@@ -365,10 +365,13 @@ async def test_a_send_cut_off_by_a_crash_is_sent_again_and_flagged_as_a_possible
             create_time=long_ago, update_time=long_ago))
 
     resent = await notifier.stub.Send(make_request(1))
+    replayed = await notifier.stub.Send(make_request(1))
     fresh = await notifier.stub.Send(make_request(2))
 
-    # Then it goes out again, same Message-ID, and the result says a copy may exist
+    # Then it goes out again, same Message-ID, and the result says a copy may exist; so does
+    # a replay's, in case the first result was lost on its way
     assert (resent.status, resent.possible_copy) == (SENT, True)
     assert resent.message_id == "<job-1=1@heraldo>"
+    assert (replayed.status, replayed.possible_copy) == (DUPLICATE, True)
     assert (fresh.status, fresh.possible_copy) == (SENT, False)
     assert len(smtp_server.handler.received) == 2

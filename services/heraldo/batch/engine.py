@@ -44,7 +44,8 @@ ITEMS_SELECTED = Counter("heraldo_batch_items_selected_total",
                          "Invoices left to process when a partition was claimed")
 ITEMS_PROCESSED = Counter("heraldo_batch_items_processed_total",
                           "Invoices processed and committed, by outcome and reason "
-                          "(reason is empty for sent and duplicate)", ["outcome", "reason"])
+                          "(for sent and duplicate, empty or the possible-copy notice)",
+                          ["outcome", "reason"])
 CHUNK_SECONDS = Histogram("heraldo_batch_chunk_seconds",
                           "One chunk: read, process, deliver and commit",
                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
@@ -73,7 +74,9 @@ def outcome_reason(result: notification_pb2.DeliveryResult) -> str:
         return f"temporary failure after retries ({result.smtp_code or 'network'})"
     if status == notification_pb2.DELIVERY_STATUS_REJECTED:
         return f"rejected by notifier: {result.detail}"
-    if status == notification_pb2.DELIVERY_STATUS_SENT and result.possible_copy:
+    if result.possible_copy and status in (notification_pb2.DELIVERY_STATUS_SENT,
+                                           notification_pb2.DELIVERY_STATUS_DUPLICATE):
+        # A duplicate too: the result that said "sent" may have been lost on its way here.
         return POSSIBLE_COPY
     return ""
 

@@ -49,7 +49,8 @@ COUNTERS = ("processed", "sent", "skipped", "failed", "duplicate")
 STEP_COUNTERS = ("read_count", "write_count", "filter_count", "skip_count", "commit_count",
                  "rollback_count")
 STEP_NAME = "notify"
-#: The kinds of ``job_breakdown`` rows: outcomes by skip or failure reason, sent ones by replica.
+#: The kinds of ``job_breakdown`` rows: outcomes by skip or failure reason, sent ones by replica,
+#: sent or already sent ones by notice (a possible copy).
 REASON, REPLICA, NOTICE = "reason", "replica", "notice"
 SKIP_LIMIT_EXCEEDED, ABANDONED = "SKIP_LIMIT_EXCEEDED", "ABANDONED"
 
@@ -591,16 +592,16 @@ class JobRepository:
 
 
 def breakdown_counts(outcomes: Sequence[Outcome]) -> dict[tuple[str, str], int]:
-    """What a chunk adds to the breakdown: skipped and failed by reason, sent by replica and,
-    when there is one, by notice."""
+    """What a chunk adds to the breakdown: skipped and failed by reason, sent by replica, and
+    sent or already sent by notice when there is one."""
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
     for outcome in outcomes:
         if outcome.outcome in ("skipped", "failed"):
             counts[REASON, outcome.reason] += 1
         elif outcome.outcome == "sent":
             counts[REPLICA, outcome.replica_id] += 1
-            if outcome.reason:
-                counts[NOTICE, outcome.reason] += 1
+        if outcome.outcome in ("sent", "duplicate") and outcome.reason:
+            counts[NOTICE, outcome.reason] += 1
     return counts
 
 

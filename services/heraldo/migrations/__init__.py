@@ -49,8 +49,11 @@ def _upgrade(connection: sa.Connection, revision: str) -> tuple[str | None, str 
     tables = set(sa.inspect(connection).get_table_names())
     if before is None and "invoices" in tables:
         # Made by create_all, before migrations: stamp what it holds, then upgrade the rest.
-        if "job_breakdown" in tables:
+        if "possible_copy" in {column["name"] for column in
+                               sa.inspect(connection).get_columns("deliveries")}:
             stamped = head_revision()
+        elif "job_breakdown" in tables:
+            stamped = "0003"
         elif "step_executions" in tables:
             stamped = "0002"
         else:

@@ -166,8 +166,9 @@ class Claim:
     claimed: bool
     attempt: int = 0
     existing: Record | None = None
-    #: Taken over from an attempt still ``sending``, whose process died: that attempt may have
-    #: delivered the email before it could record it, or may never have reached the server.
+    #: Taken over from an attempt still ``sending``, whose process died (now or at an earlier
+    #: attempt): that attempt may have delivered the email before it could record it, or may
+    #: never have reached the server.
     in_doubt: bool = False
 
 
@@ -181,6 +182,8 @@ class Record:
     replica_id: str
     attempts: int
     update_time: dt.datetime
+    #: An attempt was taken over from a replica that died holding it (see ``Claim.in_doubt``).
+    possible_copy: bool = False
 
 
 @dataclass(frozen=True)
@@ -278,9 +281,9 @@ class DeliveryLog:
                 return Claim(claimed=False)
             if not self._may_retry(record, now):
                 return Claim(claimed=False, existing=record)
-            if await self._take_over(record, message_id):
-                return Claim(claimed=True, attempt=record.attempts + 1,
-                             in_doubt=record.status == SENDING)
+            in_doubt = record.status == SENDING or record.possible_copy
+            if await self._take_over(record, message_id, in_doubt=in_doubt):
+                return Claim(claimed=True, attempt=record.attempts + 1, in_doubt=in_doubt)
             record = await self.get(record.notification_id)
         return Claim(claimed=False, existing=record)
 
@@ -315,8 +318,12 @@ class DeliveryLog:
         started_at = self._live_replicas[owner]
         return started_at is not None and claimed_at < started_at
 
-    async def _take_over(self, record: Record, message_id: str) -> bool:
-        """Compare-and-set on ``attempts``: of several replicas taking over, exactly one wins."""
+    async def _take_over(self, record: Record, message_id: str, *, in_doubt: bool) -> bool:
+        """Compare-and-set on ``attempts``: of several replicas taking over, exactly one wins.
+
+        ``in_doubt`` stays on the row for good: a later retry (after a temporary failure) or a
+        replay answered from the log still says a first copy may exist.
+        """
         update = (
             sa.update(deliveries)
             .where(deliveries.c.notification_id == record.notification_id,
@@ -324,7 +331,7 @@ class DeliveryLog:
                    deliveries.c.status == record.status)
             .values(status=SENDING, smtp_code=0, detail="", message_id=message_id,
                     replica_id=self._replica_id, attempts=record.attempts + 1,
-                    update_time=dt.datetime.now(dt.UTC))
+                    update_time=dt.datetime.now(dt.UTC), possible_copy=in_doubt)
             .returning(deliveries.c.notification_id)
         )
         return bool(await self._fetch(update))

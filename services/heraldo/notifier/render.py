@@ -161,7 +161,8 @@ def format_amount(value: Decimal, currency: str, language: str) -> str:
     """``value`` in ``currency`` as ``language`` writes it, keeping every significant digit.
 
     An amount shows at least the currency's minor units (1234.5 GBP is ``£1,234.50``) and more
-    when it has them (0.005 GBP stays ``£0.005``): an invoice must never round.
+    when it has them (0.005 GBP would stay ``£0.005``): an invoice must never round. Requests
+    never carry such an amount: ``money_to_decimal`` refuses it first.
     """
     style = STYLES.get(language, STYLES[FALLBACK_LANGUAGE])
     minor = MINOR_UNITS.get(currency, 2)

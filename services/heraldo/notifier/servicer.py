@@ -363,7 +363,8 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
                 notification_id,
                 Outcome(pb.DELIVERY_STATUS_DUPLICATE, record.smtp_code,
                         f"already sent by {record.replica_id} (attempt {record.attempts})"),
-                message_id=record.message_id, replica_id=record.replica_id)
+                message_id=record.message_id, replica_id=record.replica_id,
+                possible_copy=record.possible_copy)
         if record.status == delivery_log.PERMANENT_FAILURE:
             return self._result(
                 notification_id,
