@@ -329,6 +329,8 @@ class socket_closed_port:
     ({"currency": "ZZZ"}, "amount", "currency_code 'ZZZ' is not an ISO 4217 currency"),
     ({"name": "Ana <x>\r\nBcc: someone@example.com"}, "recipient.name",
      "without control characters"),
+    ({"name": "Ana\u2028Bcc: someone@example.com"}, "recipient.name",
+     "without control characters"),
 ])
 async def test_send_refuses_what_no_customer_should_receive(notifier, smtp_server, changes,
                                                            field, problem):

@@ -44,8 +44,9 @@ _LINE_BREAKS = re.compile(r"[ \t\r\n]+")
 
 NANOS_PER_UNIT = 1_000_000_000
 CURRENCY_CODE = re.compile(r"[A-Z]{3}")
-#: The ISO 4217 currencies an invoice can be paid in (the list of 2025, without the codes for
-#: precious metals, testing and "no currency"): an amount in any other code is refused.
+#: The ISO 4217 currencies an invoice can be paid in (the list of 2025, without the codes of
+#: precious metals, bond-market units, the IMF's SDR and other units of account, testing and
+#: "no currency"): an amount in any other code is refused.
 CURRENCIES = frozenset("""
     AED AFN ALL AMD AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD BTN BWP
     BYN BZD CAD CDF CHE CHF CHW CLF CLP CNY COP COU CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB

@@ -46,7 +46,8 @@ IN_FLIGHT = Gauge("heraldo_notifier_in_flight", "Notifications being processed n
 
 #: Matches the Message-ID derivation and the ``deliveries`` key (80 characters).
 NOTIFICATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,80}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: C0 and C1 controls and the Unicode line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 MAX_INVOICE_NUMBER_CHARS = 64
 MAX_NAME_CHARS = 200
 #: The most requests one DeliverBatches message may hold: bounds what a single message costs.
