@@ -46,11 +46,11 @@ def current_revision(connection: sa.Connection) -> str | None:
 def _upgrade(connection: sa.Connection, revision: str) -> tuple[str | None, str | None]:
     config = alembic_config(connection)
     before = current_revision(connection)
-    tables = set(sa.inspect(connection).get_table_names())
+    inspector = sa.inspect(connection)
+    tables = set(inspector.get_table_names())
     if before is None and "invoices" in tables:
         # Made by create_all, before migrations: stamp what it holds, then upgrade the rest.
-        if "possible_copy" in {column["name"] for column in
-                               sa.inspect(connection).get_columns("deliveries")}:
+        if "possible_copy" in {column["name"] for column in inspector.get_columns("deliveries")}:
             stamped = head_revision()
         elif "job_breakdown" in tables:
             stamped = "0003"
