@@ -11,7 +11,6 @@ import asyncio
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -23,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from heraldo import db
+from heraldo.mesh.ports import free_port
 from heraldo.mesh.supervisor import LocalMesh, MeshPorts
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -48,12 +48,6 @@ def _pg_binaries() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """An admin URL (database ``postgres``) of a PostgreSQL server the tests may create DBs on."""
@@ -70,7 +64,7 @@ def postgres_server() -> Iterator[str]:
         pytest.exit("PostgreSQL is missing: set DATABASE_URL, run a server on 127.0.0.1:5432, "
                     "or install the server binaries (apt-get install postgresql)", returncode=3)
     data_dir = Path(tempfile.mkdtemp(prefix="heraldo-pg-"))
-    port = _free_port()
+    port = free_port()
     run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if run_as:
         shutil.chown(data_dir, "postgres")

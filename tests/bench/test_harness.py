@@ -18,11 +18,12 @@ import asyncpg
 import pytest
 
 from heraldo.bench import baseline, procstats, report
-from heraldo.bench.__main__ import free_port, sample_message
+from heraldo.bench.__main__ import sample_message
 from heraldo.bench.measure import RunResult, chunk_latencies
 from heraldo.bench.profile import top_costs
 from heraldo.bench.sink import SmtpSink, run_smtp_source
 from heraldo.bench.workloads import copy_synthetic, generate_synthetic, plain_url
+from heraldo.mesh.ports import free_port
 from heraldo.notifier.render import Document, Renderer
 
 

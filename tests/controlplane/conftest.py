@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import shutil
-import socket
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from heraldo.controlplane import EDS_TYPE_URL, AdsServicer, Endpoint, EndpointSnapshots
 from heraldo.mesh.credentials import EdgeCredentials, generate
 from heraldo.mesh.envoy_config import EDGE_BURST, EDGE_RATE_PER_S, render_bootstrap
+from heraldo.mesh.ports import free_port
 from heraldo.v1 import notification_pb2, notification_pb2_grpc
 
 #: Generous: Envoy starts in well under a second here, but CI machines are noisy.
@@ -68,12 +68,6 @@ class AdsClient:
                 lb.endpoint.address.socket_address.port_value
                 for locality in assignment.endpoints for lb in locality.lb_endpoints}
         return response, clusters
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def eventually(check: Callable[[], Awaitable[bool] | bool], what: str,

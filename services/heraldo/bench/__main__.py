@@ -28,7 +28,6 @@ import datetime as dt
 import logging
 import os
 import shutil
-import socket
 import sys
 from dataclasses import asdict
 from decimal import Decimal
@@ -42,6 +41,7 @@ from heraldo.bench.profile import Recording, top_costs
 from heraldo.bench.sink import SmtpSink, postfix_tool
 from heraldo.bench.workloads import SYNTHETIC_INVOICES, WORKLOADS, BenchDatabase, load
 from heraldo.errors import HeraldoError
+from heraldo.mesh.ports import free_port
 from heraldo.mesh.supervisor import LOCAL_POSTGRES, PROJECT_ROOT, LocalMesh, MeshPorts
 from heraldo.notifier.message import Envelope, compose
 from heraldo.notifier.render import Document, Renderer
@@ -58,12 +58,6 @@ NOTIFIERS = 3
 BASELINE_LIMIT = 25_000
 #: The services profiled in the extra run.
 PROFILED = ("batch", "notifier-1")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sample_message(path: Path, sender: str) -> Path:

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,6 +26,7 @@ from heraldo import db
 from heraldo.errors import HeraldoError
 from heraldo.mesh.credentials import EdgeCredentials, generate
 from heraldo.mesh.envoy_config import render_bootstrap
+from heraldo.mesh.ports import free_port, free_ports, port_is_free
 from heraldo.mesh.processes import Child, child_env, python_module
 from heraldo.registry import ConsulAddress, seed_kv
 from heraldo.settings import load_seed
@@ -73,31 +73,10 @@ class MeshPorts:
 
     @classmethod
     def free(cls, notifiers: int = 3) -> MeshPorts:
-        """Ports the kernel says are free now: for tests that run beside a developer's mesh."""
-        names = [item.name for item in fields(cls) if item.name != "first_notifier"]
-        chosen = {name: _free_port() for name in names}
-        # Notifier replicas take consecutive ports; find a free run of them.
-        while True:
-            start = _free_port()
-            if all(_port_is_free(start + offset) for offset in range(notifiers)):
-                return cls(first_notifier=start, **chosen)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        # A port whose last connections linger in TIME_WAIT is free for a listener.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+        """Ports free now: for tests that run beside a developer's mesh."""
+        chosen = {item.name: free_port() for item in fields(cls) if item.name != "first_notifier"}
+        # Notifier replicas take consecutive ports.
+        return cls(first_notifier=free_ports(notifiers), **chosen)
 
 
 @dataclass
@@ -205,7 +184,7 @@ class LocalMesh:
         if os.environ.get("CONSUL_HTTP_ADDR"):
             wanted = [(name, port) for name, port in wanted if name != "consul"]
         taken = [f"{port} (HERALDO_{name.upper()}_PORT)" for name, port in wanted
-                 if not _port_is_free(port)]
+                 if not port_is_free(port)]
         if taken:
             raise MeshError(
                 f"port {', '.join(taken)} already in use on 127.0.0.1: stop what holds it "
@@ -385,7 +364,7 @@ class LocalMesh:
         self.notifiers += 1
         replica = f"notifier-{self.notifiers}"
         self._spawn(replica, python_module("heraldo.notifier"), self.child_base_env,
-                    HERALDO_GRPC_PORT=str(_free_port()), HERALDO_INSTANCE_ID=replica)
+                    HERALDO_GRPC_PORT=str(free_port()), HERALDO_INSTANCE_ID=replica)
         logger.info("added component=%s", replica)
         return replica
 
@@ -397,7 +376,7 @@ class LocalMesh:
         env = child_env(CONSUL_HTTP_ADDR=f"{self.consul_address.host}:{self.consul_address.port}",
                         DATABASE_URL=self.database_url)
         return self._spawn(replica_id, python_module("heraldo.batch"), env,
-                           HERALDO_GRPC_PORT=str(_free_port()), HERALDO_INSTANCE_ID=replica_id)
+                           HERALDO_GRPC_PORT=str(free_port()), HERALDO_INSTANCE_ID=replica_id)
 
     def stop(self) -> None:
         """Stops the services before the infrastructure they deregister from."""
