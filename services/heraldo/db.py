@@ -77,6 +77,9 @@ job_executions = sa.Table(
     sa.Column("skipped", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("failed", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("duplicate", sa.BigInteger, nullable=False, server_default="0"),
+    # Of ``processed``, those carried over from earlier executions of the instance: a restart's
+    # rate counts only what it processed itself.
+    sa.Column("carried_processed", sa.BigInteger, nullable=False, server_default="0"),
     # The last invoice id whose outcome is committed: a restart reads from the next one.
     sa.Column("checkpoint", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("stop_requested", sa.Boolean, nullable=False, server_default=sa.false()),

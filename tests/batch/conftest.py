@@ -35,6 +35,8 @@ class RecordingNotifier(notification_pb2_grpc.NotifierServiceServicer):
         self.possible_copies: set[str] = set()
         #: When set, every answer waits for it: a test holds replicas mid-chunk with it.
         self.gate: asyncio.Event | None = None
+        #: Set once a request waits at the gate.
+        self.holding = asyncio.Event()
         self.streams = 0
 
     async def Deliver(self, request_iterator, context):
@@ -50,6 +52,7 @@ class RecordingNotifier(notification_pb2_grpc.NotifierServiceServicer):
 
     async def _answer(self, request):
         if self.gate is not None:
+            self.holding.set()
             await self.gate.wait()
         self.received[request.notification_id] += 1
         status = notification_pb2.DELIVERY_STATUS_SENT

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 import sqlalchemy as sa
@@ -145,16 +147,22 @@ async def test_a_completed_instance_is_refused_the_second_time(engine, batch):
 
 async def test_stop_then_restart_resumes_from_the_checkpoint(engine, notifier, batch):
     expected = await insert_invoices(engine, 200)
+    notifier.gate = asyncio.Event()
 
+    # The stop is asked while the first chunk is in flight, so that chunk completes first
     started = await batch.StartJob(batch_pb2.StartJobRequest(
         job_name="stoppable", parameters=batch_pb2.JobParameters(chunk_size=5)))
-    await batch.StopJob(batch_pb2.StopJobRequest(job_id=started.job_id))
+    await asyncio.wait_for(notifier.holding.wait(), timeout=30)
+    stopping = await batch.StopJob(batch_pb2.StopJobRequest(job_id=started.job_id))
+    notifier.gate.set()
     stopped = await wait_for_end(batch, started.job_id)
     restarted = await batch.RestartJob(batch_pb2.RestartJobRequest(job_id=started.job_id))
     finished = await wait_for_end(batch, restarted.job_id)
 
+    assert stopping.status == batch_pb2.JOB_STATUS_STOPPING
+    assert stopping.seconds_left == -1  # it ends after its chunk in flight, not the selection
     assert stopped.status == batch_pb2.JOB_STATUS_STOPPED
-    assert stopped.counts.processed < len(expected)
+    assert 0 < stopped.counts.processed < len(expected)
     assert finished.status == batch_pb2.JOB_STATUS_COMPLETED
     assert finished.counts.processed == len(expected)
     assert set(notifier.received.values()) == {1}
@@ -164,6 +172,10 @@ async def test_stop_then_restart_resumes_from_the_checkpoint(engine, notifier, b
     assert sum(shown.sent_by_replica.values()) == shown.counts.sent
     assert sum(shown.reasons.values()) == shown.counts.skipped + shown.counts.failed
     assert sum(finished.reasons.values()) == finished.counts.skipped + finished.counts.failed
+    # The restart's rate is of the invoices it processed itself, not of those carried over
+    elapsed_s = (finished.end_time.ToDatetime() - finished.start_time.ToDatetime()).total_seconds()
+    processed_by_restart = finished.counts.processed - stopped.counts.processed
+    assert round(finished.rate_per_second * elapsed_s) == processed_by_restart
 
 
 async def test_list_jobs_pages_newest_first(engine, batch):

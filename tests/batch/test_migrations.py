@@ -127,5 +127,16 @@ async def test_tables_made_by_create_all_at_0003_are_stamped_there_and_upgraded(
 
     await db.create_schema(blank_engine)
 
-    assert await revision(blank_engine) == head_revision() == "0004"
+    assert await revision(blank_engine) == head_revision()
+    assert await differences(blank_engine) == []
+
+
+async def test_tables_made_by_create_all_at_0004_are_stamped_there_and_upgraded(blank_engine):
+    await upgrade(blank_engine, "0004")
+    async with blank_engine.begin() as conn:
+        await conn.execute(sa.text("DROP TABLE alembic_version"))
+
+    await db.create_schema(blank_engine)
+
+    assert await revision(blank_engine) == head_revision() == "0005"
     assert await differences(blank_engine) == []

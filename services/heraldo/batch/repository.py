@@ -72,6 +72,7 @@ class Execution:
     skipped: int
     failed: int
     duplicate: int
+    carried_processed: int
     checkpoint: int
     stop_requested: bool
     exit_message: str
@@ -255,6 +256,7 @@ class JobRepository:
             await conn.execute(job_executions.insert().values(
                 id=execution_id, instance_id=instance_id, status=STARTED,
                 parameters=params.to_json(), selected=selected,
+                carried_processed=previous.processed if previous else 0,
                 checkpoint=previous.checkpoint if previous else 0, owner=owner,
                 heartbeat_time=now, create_time=now, start_time=now, **carried))
             ranges = await self._partition_ranges(conn, params, previous, partitions)

@@ -12,6 +12,7 @@ from heraldo.batch.engine import ITEMS_SELECTED, PartitionWorker
 from heraldo.batch.params import parse_params, validate_job_name
 from heraldo.batch.repository import (
     RUNNING_STATUSES,
+    STOPPING,
     TERMINAL_STATUSES,
     Breakdown,
     Execution,
@@ -48,10 +49,15 @@ def job_to_proto(execution: Execution, breakdown: Breakdown,
     end = execution.end_time or utcnow()
     start = execution.start_time or execution.create_time
     elapsed_s = max((_aware(end) - _aware(start)).total_seconds(), 1e-6)
-    rate = execution.processed / elapsed_s if execution.processed else 0.0
+    # A restart carries the earlier executions' counts; its rate is of what it did itself.
+    processed_here = execution.processed - execution.carried_processed
+    rate = processed_here / elapsed_s if processed_here > 0 else 0.0
     left = execution.selected - execution.processed
     if execution.status in TERMINAL_STATUSES:
         seconds_left = 0.0
+    elif execution.status == STOPPING:
+        # It ends once the chunks in flight are committed, not when the selection is done.
+        seconds_left = -1.0
     else:
         seconds_left = left / rate if rate > 0 else -1.0
     return batch_pb2.Job(

@@ -50,8 +50,12 @@ def _upgrade(connection: sa.Connection, revision: str) -> tuple[str | None, str 
     tables = set(inspector.get_table_names())
     if before is None and "invoices" in tables:
         # Made by create_all, before migrations: stamp what it holds, then upgrade the rest.
-        if "possible_copy" in {column["name"] for column in inspector.get_columns("deliveries")}:
+        execution_columns = {column["name"] for column in inspector.get_columns("job_executions")}
+        if "carried_processed" in execution_columns:
             stamped = head_revision()
+        elif "possible_copy" in {column["name"]
+                                 for column in inspector.get_columns("deliveries")}:
+            stamped = "0004"
         elif "job_breakdown" in tables:
             stamped = "0003"
         elif "step_executions" in tables:
