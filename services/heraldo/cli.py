@@ -48,7 +48,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from heraldo import __version__, db
-from heraldo.argparsing import OneLineParser
+from heraldo.argparsing import OneLineParser, whole_number
 from heraldo.errors import ConfigError, HeraldoError, InvalidArgument, NotFound, Unavailable
 from heraldo.registry import ConsulAddress, seed_kv
 from heraldo.settings import KV_PREFIX, SHARED_SCOPE, convert, load_seed, resolve
@@ -106,7 +106,7 @@ def read_token(credentials: str | None) -> str:
     token = payload.get("token") or payload.get("api_key") or str(
         payload.get("authorization", "")).removeprefix("Bearer ").strip()
     if not token:
-        raise ConfigError(f"credentials file {path} holds no 'token'")
+        raise ConfigError(f"credentials file {path} holds no 'token' or 'authorization'")
     return token
 
 
@@ -143,6 +143,11 @@ class HttpApi:
                 return None
             if exc.code == 404:
                 raise NotFound(f"{method} {path}: not found ({message})") from exc
+            if exc.code == 401 and not self.token:
+                raise RequestFailed(
+                    f"{self.what} asks for a token and none was found ({message}); set "
+                    f"HERALDO_TOKEN or pass --credentials FILE (make up writes "
+                    f"{DEFAULT_CREDENTIALS})") from exc
             if exc.code in (401, 403):
                 raise RequestFailed(
                     f"{self.what} refused the credentials ({exc.code} {message}); set "
@@ -618,23 +623,17 @@ async def probe(target: str) -> int:
 
 # --- the parser ------------------------------------------------------------------------------
 
-def _whole_number(minimum: int, expected: str) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least ``minimum``, else ``expected`` is said."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return parse
+_positive_int = whole_number(1, "a positive number")
+_skip_limit = whole_number(-1, "0 or more, or -1 for no limit")
 
 
-_positive_int = _whole_number(1, "a positive number")
-_skip_limit = _whole_number(-1, "0 or more, or -1 for no limit")
+def _edge_url(text: str) -> str:
+    """An argparse type: an http(s) URL with a host, as the edge is reached."""
+    parts = urllib.parse.urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"expected an http:// or https:// URL such as {DEFAULT_EDGE_URL}, got {text!r}")
+    return text.strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -643,7 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"heraldo {__version__}")
     edge = argparse.ArgumentParser(add_help=False)
-    edge.add_argument("--edge", default=os.environ.get("HERALDO_EDGE_URL", DEFAULT_EDGE_URL),
+    edge.add_argument("--edge", type=_edge_url,
+                      default=os.environ.get("HERALDO_EDGE_URL", DEFAULT_EDGE_URL),
                       help="Envoy's edge (env HERALDO_EDGE_URL; default %(default)s)")
     edge.add_argument("--credentials", metavar="FILE",
                       help=f"JSON with a 'token' or 'authorization' (default "

@@ -80,7 +80,8 @@ def test_without_credentials_the_edge_says_why(capsys, loaded_mesh, monkeypatch,
     code, _, err = run(capsys, "jobs", "list", "--edge", loaded_mesh.edge_url)
 
     assert code == 2
-    assert "refused the credentials (401" in err
+    assert "asks for a token and none was found (Jwt is missing)" in err
+    assert "HERALDO_TOKEN" in err and "--credentials" in err
 
 
 def test_send_once_then_duplicate(capsys, edge_args):

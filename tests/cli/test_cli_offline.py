@@ -137,13 +137,26 @@ def test_start_options_become_the_rest_body_the_edge_expects():
 
 
 @pytest.mark.parametrize("option", [["--skip-limit", "-2"], ["--skip-limit", "x"],
-                                    ["--partitions", "0"]])
+                                    ["--partitions", "0"], ["--edge", "notaurl"],
+                                    ["--edge", "ftp://127.0.0.1:8080"], ["--edge", "http://"]])
 def test_a_bad_start_option_is_one_line_and_exit_2(option, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(["jobs", "start", "december", *option])
 
     assert exited.value.code == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert option[0] in err and "Traceback" not in err
+
+
+def test_a_credentials_file_without_a_token_names_what_it_should_hold(tmp_path, monkeypatch):
+    monkeypatch.delenv("HERALDO_TOKEN", raising=False)
+    monkeypatch.delenv("HERALDO_API_KEY", raising=False)
+    empty = tmp_path / "credentials.json"
+    empty.write_text("{}")
+
+    with pytest.raises(ConfigError, match="holds no 'token' or 'authorization'"):
+        cli.read_token(str(empty))
 
 
 def test_the_local_meshs_addresses_are_defaults_the_environment_overrides(tmp_path, monkeypatch):

@@ -135,3 +135,16 @@ def test_the_command_loads_the_demo_into_sqlite(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "documents: 120" in first.stdout and "120 new" in first.stdout
     assert "0 new" in second.stdout
+
+
+@pytest.mark.parametrize("count", ["abc", "0", "-3"])
+def test_a_bad_invoice_count_is_one_line_and_exit_2(tmp_path, count):
+    env = {**os.environ, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}"}
+
+    result = subprocess.run([sys.executable, "-m", "heraldo.importer", "demo", "--invoices",
+                             count], env=env, capture_output=True, text=True, check=False)
+
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert f"argument --invoices: expected a positive number, got '{count}'" in result.stderr
+    assert not (tmp_path / "demo.db").exists()

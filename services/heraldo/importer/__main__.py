@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from heraldo import db, logs
-from heraldo.argparsing import OneLineParser
+from heraldo.argparsing import OneLineParser, whole_number
 from heraldo.errors import HeraldoError, Unavailable
 from heraldo.importer.demo import DEFAULT_INVOICES, DEFAULT_SEED, load_demo
 from heraldo.importer.online_retail import SourceFileError, check_source, import_online_retail
@@ -49,18 +49,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     retail = commands.add_parser("online-retail", help="import the UCI Online Retail CSV (.csv.gz)")
     retail.add_argument("file", help="online_retail.csv.gz or a plain CSV with the same header")
     demo = commands.add_parser("demo", help="load the deterministic demo data set")
-    demo.add_argument("--invoices", type=_positive_int, default=DEFAULT_INVOICES,
+    demo.add_argument("--invoices", type=whole_number(1, "a positive number"),
+                      default=DEFAULT_INVOICES,
                       help="how many documents to generate (%(default)s)")
     demo.add_argument("--seed", type=int, default=DEFAULT_SEED,
                       help="the generator's seed; the same seed gives the same data (%(default)s)")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
 
 
 async def _run(args: argparse.Namespace) -> int:
