@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from heraldo.mesh.__main__ import report_exits
+from heraldo.mesh.processes import Child
 from heraldo.mesh.supervisor import (
     LocalMesh,
     MeshError,
@@ -35,6 +37,50 @@ async def test_a_taken_port_stops_the_mesh_before_anything_starts(tmp_path):
     assert f"{taken} (HERALDO_EDGE_PORT)" in str(caught.value)
     assert mesh.children == []
     assert not (tmp_path / "mesh").exists()
+
+
+async def test_two_mesh_ports_set_alike_stop_the_mesh_before_anything_starts(tmp_path):
+    free = MeshPorts.free()
+    ports = dataclasses.replace(free, edge=free.consul)
+    mesh = LocalMesh(workdir=tmp_path / "mesh", ports=ports)
+
+    with pytest.raises(MeshError) as caught:
+        await mesh.start()
+
+    assert (f"port {free.consul} is given to both HERALDO_CONSUL_PORT and HERALDO_EDGE_PORT"
+            in str(caught.value))
+    assert mesh.children == []
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "70000", "-1", "80.5"])
+def test_a_port_variable_that_is_no_port_is_one_line_naming_it(monkeypatch, value):
+    monkeypatch.setenv("HERALDO_EDGE_PORT", value)
+
+    with pytest.raises(MeshError, match=f"HERALDO_EDGE_PORT='{value}' is not a port number"):
+        MeshPorts.from_env()
+
+
+def test_make_run_with_a_bad_port_variable_exits_2_with_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "heraldo.mesh", "run", "--workdir", str(tmp_path / "var")],
+        env={**os.environ, "HERALDO_EDGE_PORT": "abc"}, capture_output=True, text=True,
+        timeout=60, check=False)
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "heraldo mesh: HERALDO_EDGE_PORT='abc' is not a port number (1-65535)"]
+
+
+def test_a_processs_last_lines_are_of_this_start_only(tmp_path):
+    log_path = tmp_path / "envoy.log"
+    log_path.write_text("an earlier run's last words\n")
+    child = Child("envoy", [sys.executable, "-c", "print('this run')"], log_path)
+
+    child.start(dict(os.environ))
+    child.process.wait(30)
+
+    assert child.log_tail() == "this run"
+    assert log_path.read_text().startswith("an earlier run's last words\n")
 
 
 def test_each_working_directory_gets_its_own_database(tmp_path):

@@ -8,7 +8,6 @@ did not start).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import logging
@@ -21,6 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from heraldo import db, logs
+from heraldo.argparsing import OneLineParser, whole_number
 from heraldo.errors import HeraldoError
 from heraldo.importer import load_demo
 from heraldo.mesh.supervisor import LocalMesh, MeshPorts
@@ -210,18 +210,20 @@ Heraldo is running (logs in {mesh.workdir / 'logs'}). Press Ctrl-C to stop.
 
 
 async def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m heraldo.mesh", description=__doc__)
+    parser = OneLineParser(prog="python -m heraldo.mesh", description=__doc__)
     parser.add_argument("command", choices=("run", "up"))
     parser.add_argument("--workdir", type=Path, default=Path("var"),
                         help="where logs, the sink's mail and the Envoy bootstrap go (var/)")
-    parser.add_argument("--notifiers", type=int, default=3, help="notifier replicas (3)")
-    parser.add_argument("--invoices", type=int, default=DEMO_INVOICES,
+    positive = whole_number(1, "a positive number")
+    parser.add_argument("--notifiers", type=positive, default=3, help="notifier replicas (3)")
+    parser.add_argument("--invoices", type=positive, default=DEMO_INVOICES,
                         help=f"demo invoices to load ({DEMO_INVOICES})")
     args = parser.parse_args(argv)
     logs.configure("INFO")
 
-    mesh = LocalMesh(workdir=args.workdir, ports=MeshPorts.from_env(), notifiers=args.notifiers)
     try:
+        mesh = LocalMesh(workdir=args.workdir, ports=MeshPorts.from_env(),
+                         notifiers=args.notifiers)
         async with mesh:
             if args.command == "run":
                 return await run_demo(mesh, args.invoices)

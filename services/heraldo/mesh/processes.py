@@ -35,10 +35,13 @@ class Child:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    #: Where this start's output begins in the log, which keeps earlier runs' lines above it.
+    log_start: int = 0
 
     def start(self, base_env: dict[str, str]) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        self.log_start = log.tell()
         self.process = subprocess.Popen(
             self.argv, env={**base_env, **self.env}, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
@@ -50,8 +53,11 @@ class Child:
         return self.process is not None and self.process.poll() is None
 
     def log_tail(self, lines: int = 15) -> str:
+        """The last ``lines`` lines this start wrote; none of an earlier run's."""
         try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+            with self.log_path.open("rb") as log:
+                log.seek(self.log_start)
+                text = log.read().decode("utf-8", errors="replace")
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])

@@ -64,10 +64,18 @@ class MeshPorts:
 
     @classmethod
     def from_env(cls) -> MeshPorts:
+        """The defaults, with each ``HERALDO_<NAME>_PORT`` set in the environment.
+
+        Raises:
+            MeshError: a variable is not a port number.
+        """
         overrides = {}
         for item in fields(cls):
-            raw = os.environ.get(f"HERALDO_{item.name.upper()}_PORT")
+            variable = f"HERALDO_{item.name.upper()}_PORT"
+            raw = os.environ.get(variable, "").strip()
             if raw:
+                if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+                    raise MeshError(f"{variable}={raw!r} is not a port number (1-65535)")
                 overrides[item.name] = int(raw)
         return cls(**overrides)
 
@@ -183,6 +191,17 @@ class LocalMesh:
                    for index in range(self.notifiers)]
         if os.environ.get("CONSUL_HTTP_ADDR"):
             wanted = [(name, port) for name, port in wanted if name != "consul"]
+        if any(port > 65535 for _, port in wanted):
+            raise MeshError(f"notifier replicas take {self.notifiers} ports from "
+                            f"{self.ports.first_notifier}: past 65535 "
+                            "(HERALDO_FIRST_NOTIFIER_PORT)")
+        first_user: dict[int, str] = {}
+        for name, port in wanted:
+            other = first_user.setdefault(port, name)
+            if other != name:
+                raise MeshError(
+                    f"port {port} is given to both HERALDO_{other.upper()}_PORT and "
+                    f"HERALDO_{name.upper()}_PORT: move one of them")
         taken = [f"{port} (HERALDO_{name.upper()}_PORT)" for name, port in wanted
                  if not port_is_free(port)]
         if taken:
