@@ -133,7 +133,8 @@ class DemoReport:
         return (
             f"{self.customers:,} customers ({self.customers_without_valid_email:,} without a valid "
             f"address), {self.invoices:,} documents ({self.invoices_inserted:,} new), "
-            f"{self.invoices_without_customer:,} without customer, {self.notifiable:,} notifiable"
+            f"{self.invoices_without_customer:,} of them (credit notes too) without customer, "
+            f"{self.notifiable:,} notifiable"
         )
 
     def summary(self) -> str:
