@@ -225,8 +225,10 @@ def test_a_target_whose_system_was_not_measured_is_neither_met_nor_missed():
     checks = {check["target"]: check for check in
               report.targets({"retail": report.summarise(heraldo_only)})}
 
-    assert checks[">= 3x the baseline (retail)"] == {
-        "target": ">= 3x the baseline (retail)", "measured": None, "met": None}
+    assert checks[">= 3x the baseline (retail)"]["measured"] is None
+    assert checks[">= 3x the baseline (retail)"]["met"] is None
+    assert report.target_line(checks[">= 3x the baseline (retail)"]) == (
+        "target n/a    >= 3x the baseline (retail): not measured")
     assert checks["time to first email < 1 s (retail)"]["met"] is True
 
 
@@ -237,3 +239,43 @@ def test_report_plots_throughput_over_time(tmp_path):
     path = report.plot(tmp_path / "plot.png", "retail", three_runs())
 
     assert path is not None and path.stat().st_size > 0
+
+
+def test_a_median_and_its_runs_print_from_the_same_figures():
+    # One run at 500.54/s once printed "501/s (runs 500)": the run was rounded to 500.5 first.
+    runs = [RunResult("baseline", 1, sent=50_054, elapsed_s=100.0)]
+
+    line = report.table({"retail": report.summarise(runs)}).splitlines()[1]
+
+    assert "501/s (runs 501)" in line
+
+
+def test_targets_print_their_figures_rounded_to_their_kind():
+    summaries = {"retail": {"heraldo": {"per_second": 3383.6042, "first_email_s": 0.41236,
+                                        "peak_rss_mb": {"batch": 95.94}},
+                            "heraldo_over_baseline": 2.4137},
+                 "synthetic": {"heraldo": {"peak_rss_mb": {"batch": 99.1}}}}
+
+    lines = [report.target_line(check) for check in report.targets(summaries)]
+
+    assert "target met    >= 2,500 notifications/s end to end on the Online Retail job: " \
+        "3,384/s" in lines
+    assert "target MISSED >= 3x the baseline (retail): 2.41x" in lines
+    assert "target met    time to first email < 1 s (retail): 0.412 s" in lines
+    assert "target met    peak RSS of batch < 200 MB (retail): 95.9 MB" in lines
+    assert "target met    peak RSS of batch within 10% between the 22k and 250k runs: " \
+        "+3.3%" in lines
+
+
+def test_postgres_cpu_is_printed_beside_the_systems_where_it_was_measured():
+    runs = [RunResult("heraldo", 1, sent=1000, elapsed_s=1.0,
+                      cpu_s={"batch": 0.2, "notifier-1": 0.194, "postgres": 0.1}),
+            RunResult("ceiling", 1, sent=1000, elapsed_s=0.5, cpu_s={"smtp-source": 0.05})]
+
+    lines = report.table({"retail": report.summarise(runs)}).splitlines()
+
+    heraldo = next(line for line in lines if line.startswith("  heraldo"))
+    ceiling = next(line for line in lines if line.startswith("  ceiling"))
+    assert "CPU ms/email 0.394 (+ PostgreSQL 0.100)" in heraldo
+    assert "CPU ms/email 0.050  " in ceiling
+    assert "PostgreSQL" not in ceiling

@@ -48,7 +48,7 @@ DATA_PATH = ("batch", "envoy", "notifier")
 @dataclass
 class RunResult:
     system: str  # heraldo | baseline | lean-baseline | ceiling
-    run: int
+    run: int | str  # the measured run's number, or "profile" for the profiled one
     sent: int
     elapsed_s: float
     first_email_s: float | None = None
@@ -98,7 +98,8 @@ class Sampler:
         self.sink = sink
         self.samples: list[tuple[float, int]] = []
         self.sink_cpu_s = 0.0
-        self.postgres_cpu_s = 0.0
+        #: None when no PostgreSQL process was seen here (a server on another machine).
+        self.postgres_cpu_s: float | None = None
         self.machine_busy_percent: float | None = None
         self.base = 0
         self.started = 0.0
@@ -129,10 +130,16 @@ class Sampler:
             self.sink_cpu_s = round(sink_after.cpu_s - self._sink_before.cpu_s, 3)
         self.machine_busy_percent = procstats.busy_percent(self._machine_before,
                                                            procstats.sample_machine())
-        postgres_after = procstats.sample_all(procstats.pids_named("postgres"))
-        self.postgres_cpu_s = round(sum(procstats.cpu_used(self._postgres_before,
-                                                           postgres_after).values()), 3)
+        if self._postgres_before:
+            postgres_after = procstats.sample_all(procstats.pids_named("postgres"))
+            self.postgres_cpu_s = round(sum(procstats.cpu_used(self._postgres_before,
+                                                               postgres_after).values()), 3)
         return self.samples
+
+    @property
+    def postgres(self) -> dict[str, float]:
+        """The PostgreSQL server's CPU seconds as a ``cpu_s`` entry, where it was measured."""
+        return {} if self.postgres_cpu_s is None else {"postgres": self.postgres_cpu_s}
 
     @property
     def first_email_s(self) -> float | None:
@@ -144,9 +151,12 @@ def mesh_pids(mesh: LocalMesh) -> dict[str, int]:
     return {child.name: child.process.pid for child in mesh.children if child.process}
 
 
-async def run_heraldo(mesh: LocalMesh, sink: SmtpSink, database: BenchDatabase, *, run: int,
-                      chunk_size: int, workload: str) -> RunResult:
-    """Starts a job over REST through Envoy's edge and waits for it to end."""
+async def run_heraldo(mesh: LocalMesh, sink: SmtpSink, database: BenchDatabase, *,
+                      run: int | str, chunk_size: int, workload: str) -> RunResult:
+    """Starts a job over REST through Envoy's edge and waits for it to end.
+
+    ``run`` is the measured run's number, or a label such as "profile" for one that is not.
+    """
     await database.forget_jobs()
     pids = mesh_pids(mesh)
     before = procstats.sample_all(pids)
@@ -156,7 +166,7 @@ async def run_heraldo(mesh: LocalMesh, sink: SmtpSink, database: BenchDatabase, 
         posted_at = dt.datetime.now(dt.UTC)
         sampler.start()
         job = await start_job_over_rest(session, mesh.edge_url, job_name)
-        logger.info("heraldo run started workload=%s run=%d job_id=%s", workload, run,
+        logger.info("heraldo run started workload=%s run=%s job_id=%s", workload, run,
                     job["jobId"])
         job = await _wait_for_job(session, mesh.edge_url, job["jobId"])
     samples = await sampler.stop()
@@ -172,23 +182,28 @@ async def run_heraldo(mesh: LocalMesh, sink: SmtpSink, database: BenchDatabase, 
         system="heraldo", run=run, sent=sent, elapsed_s=round(elapsed_s, 3),
         first_email_s=sampler.first_email_s, samples=samples,
         cpu_s={**procstats.cpu_used(before, after), "smtp-sink": sampler.sink_cpu_s,
-               "postgres": sampler.postgres_cpu_s},
+               **sampler.postgres},
         peak_rss_mb={name: round(taken.peak_rss_kb / 1024, 1) for name, taken in after.items()},
         machine_busy_percent=sampler.machine_busy_percent,
         detail=f"job {job['jobId']} {job['status']}: {json.dumps(job.get('counts', {}))}")
     counts = {key: int(value) for key, value in job.get("counts", {}).items()}
     outcomes = sum(counts.get(key, 0) for key in ("sent", "duplicate", "skipped", "failed"))
-    result.exactly_once = (job["status"] == "JOB_STATUS_COMPLETED" and counts.get("failed", 0) == 0
+    # A job that sent nothing would pass every comparison below while checking nothing.
+    result.exactly_once = (sent > 0 and job["status"] == "JOB_STATUS_COMPLETED"
+                           and counts.get("failed", 0) == 0
                            and outcomes == counts.get("selected", -1) and received == sent)
-    if not result.exactly_once:
-        logger.warning("exactly-once check failed workload=%s run=%d received=%d counts=%s",
+    if sent == 0:
+        logger.warning("exactly-once check failed: the job sent no email workload=%s run=%s "
+                       "counts=%s", workload, run, counts)
+    elif not result.exactly_once:
+        logger.warning("exactly-once check failed workload=%s run=%s received=%d counts=%s",
                        workload, run, received, counts)
     result.latency_p50_s, result.latency_p99_s = _percentiles(lower)
     result.latency_upper_p50_s, result.latency_upper_p99_s = _percentiles(upper)
     if job["status"] != "JOB_STATUS_COMPLETED":
-        logger.warning("heraldo run did not complete workload=%s run=%d status=%s message=%s",
+        logger.warning("heraldo run did not complete workload=%s run=%s status=%s message=%s",
                        workload, run, job["status"], job.get("exitMessage", ""))
-    logger.info("heraldo run done workload=%s run=%d sent=%d elapsed_s=%.1f per_s=%.0f",
+    logger.info("heraldo run done workload=%s run=%s sent=%d elapsed_s=%.1f per_s=%.0f",
                 workload, run, sent, elapsed_s, result.per_second)
     return result
 
@@ -316,7 +331,7 @@ async def run_baseline(sink: SmtpSink, database: BenchDatabase, *, run: int, pag
         system=system, run=run, sent=report["sent"], elapsed_s=round(report["elapsed_s"], 3),
         first_email_s=sampler.first_email_s, samples=samples,
         cpu_s={"baseline": round(cpu_s, 3), "smtp-sink": sampler.sink_cpu_s,
-               "postgres": sampler.postgres_cpu_s},
+               **sampler.postgres},
         peak_rss_mb={"baseline": round(peak_kb / 1024, 1)},
         machine_busy_percent=sampler.machine_busy_percent,
         detail=f"skipped {report['skipped']}; times from the script's start, after imports")

@@ -21,6 +21,10 @@ TARGET_BASELINE_RATIO = 3.0
 TARGET_PEAK_RSS_MB = 200.0
 TARGET_RSS_GROWTH = 0.10
 TARGET_FIRST_EMAIL_S = 1.0
+#: How each kind of figure a target measures is printed.
+MEASURED_FORMATS = {"per_second": "{:,.0f}/s", "ratio": "{:.2f}x", "seconds": "{:.3f} s",
+                    "megabytes": "{:.1f} MB", "growth": "{:+.1%}"}
+VERDICTS = {True: "met", False: "MISSED", None: "n/a"}
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -40,11 +44,13 @@ def summarise(runs: list[RunResult]) -> dict:
             for name, megabytes in run.peak_rss_mb.items():
                 peak[name] = max(peak.get(name, 0.0), megabytes)
         cpu_names = sorted({name for run in mine for name in run.cpu_s})
+        # The median is taken of the figures listed beside it, so the two print alike.
+        rates = [round(run.per_second, 4) for run in mine]
         summary[system] = {
             "runs": len(mine),
             "sent": _median([run.sent for run in mine]),
-            "per_second": _median([run.per_second for run in mine]),
-            "per_second_runs": [round(run.per_second, 1) for run in mine],
+            "per_second": _median(rates),
+            "per_second_runs": rates,
             "load_average_1m_runs": [run.load_average_1m for run in mine],
             "machine_busy_percent": _median([run.machine_busy_percent for run in mine]),
             "first_email_s": _median([run.first_email_s for run in mine]),
@@ -71,9 +77,9 @@ def targets(summaries: dict[str, dict]) -> list[dict]:
     """Each target with the measured figure and whether it was met."""
     checks = []
 
-    def check(name: str, measured, met: bool) -> None:
+    def check(name: str, measured, met: bool, unit: str) -> None:
         # A figure that was not measured (a system left out with --systems) meets nothing.
-        checks.append({"target": name, "measured": measured,
+        checks.append({"target": name, "measured": measured, "unit": unit,
                        "met": None if measured is None else met})
 
     for workload, summary in summaries.items():
@@ -81,17 +87,17 @@ def targets(summaries: dict[str, dict]) -> list[dict]:
         if workload == "retail":
             rate = heraldo.get("per_second")
             check(">= 2,500 notifications/s end to end on the Online Retail job", rate,
-                  rate is not None and rate >= TARGET_PER_SECOND)
+                  rate is not None and rate >= TARGET_PER_SECOND, "per_second")
         ratio = summary.get("heraldo_over_baseline")
         check(f">= 3x the baseline ({workload})", ratio,
-              ratio is not None and ratio >= TARGET_BASELINE_RATIO)
+              ratio is not None and ratio >= TARGET_BASELINE_RATIO, "ratio")
         first = heraldo.get("first_email_s")
         check(f"time to first email < 1 s ({workload})", first,
-              first is not None and first < TARGET_FIRST_EMAIL_S)
+              first is not None and first < TARGET_FIRST_EMAIL_S, "seconds")
         for name, megabytes in sorted(heraldo.get("peak_rss_mb", {}).items()):
             if name.startswith(("batch", "notifier")):
                 check(f"peak RSS of {name} < 200 MB ({workload})", megabytes,
-                      megabytes < TARGET_PEAK_RSS_MB)
+                      megabytes < TARGET_PEAK_RSS_MB, "megabytes")
     if {"retail", "synthetic"} <= set(summaries):
         small = summaries["retail"].get("heraldo", {}).get("peak_rss_mb", {})
         large = summaries["synthetic"].get("heraldo", {}).get("peak_rss_mb", {})
@@ -99,8 +105,16 @@ def targets(summaries: dict[str, dict]) -> list[dict]:
             if name.startswith(("batch", "notifier")) and small[name]:
                 growth = round(large[name] / small[name] - 1, 3)
                 check(f"peak RSS of {name} within 10% between the 22k and 250k runs", growth,
-                      abs(growth) <= TARGET_RSS_GROWTH)
+                      abs(growth) <= TARGET_RSS_GROWTH, "growth")
     return checks
+
+
+def target_line(check: dict) -> str:
+    """One target for the terminal: the verdict, the target and the figure, rounded to its kind."""
+    measured = check["measured"]
+    shown = ("not measured" if measured is None
+             else MEASURED_FORMATS.get(check.get("unit"), "{}").format(measured))
+    return f"target {VERDICTS[check['met']]:6s} {check['target']}: {shown}"
 
 
 def write_json(path: Path, document: dict) -> None:
@@ -132,10 +146,15 @@ def plot(path: Path, workload: str, runs: list[RunResult]) -> Path | None:
     systems = [system for system in SYSTEMS if any(run.system == system for run in runs)]
     figure, axes = plt.subplots(len(systems), 1, figsize=(10, 3.2 * len(systems)), squeeze=False)
     for axis, system in zip(axes[:, 0], systems, strict=True):
+        highest = 0.0
         for run in (run for run in runs if run.system == system):
             times, per_second = rates(run.samples)
+            highest = max([highest, *per_second])
             axis.plot(times, per_second, marker="o" if len(times) < 5 else None,
                       label=f"run {run.run}: {run.per_second:,.0f}/s overall")
+        # From zero, each panel on its own scale (the systems' rates differ fifty-fold), with
+        # the margin above the highest point that autoscaling would have left.
+        axis.set_ylim(0, highest * 1.05 or 1.0)
         axis.set_title(f"{system} ({workload})")
         axis.set_xlabel("seconds since start")
         axis.set_ylabel("emails/s at the sink")
@@ -163,7 +182,7 @@ def table(summaries: dict[str, dict]) -> str:
                 f"  first email {_seconds(figures['first_email_s'])}"
                 f"  latency p50 {_seconds(figures['latency_p50_s'])}"
                 f" p99 {_seconds(figures['latency_p99_s'])}"
-                f"  CPU ms/email {figures['cpu_s_per_1000']}"
+                f"  CPU ms/email {_cpu_ms(figures)}"
                 f"  machine busy {_percent(figures.get('machine_busy_percent'))}"
                 f"  load {max(figures['load_average_1m_runs']):.1f}")
             if figures["peak_rss_mb"]:
@@ -174,6 +193,14 @@ def table(summaries: dict[str, dict]) -> str:
             if ratio in summary:
                 lines.append(f"  {ratio.replace('_', ' ')}: {summary[ratio]}")
     return "\n".join(lines)
+
+
+def _cpu_ms(figures: dict) -> str:
+    """CPU ms per email of the system, then of PostgreSQL where it was measured."""
+    own = figures["cpu_s_per_1000"]
+    shown = "-" if own is None else f"{own:.3f}"
+    postgres = figures["cpu_s_per_1000_by_process"].get("postgres")
+    return shown if postgres is None else f"{shown} (+ PostgreSQL {postgres:.3f})"
 
 
 def _seconds(value: float | None) -> str:

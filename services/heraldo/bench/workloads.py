@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import time
 import unicodedata
 import uuid
@@ -24,6 +25,7 @@ import asyncpg
 import sqlalchemy as sa
 
 from heraldo import db
+from heraldo.errors import ConfigError, Unavailable
 from heraldo.importer import import_online_retail
 
 logger = logging.getLogger(__name__)
@@ -173,12 +175,74 @@ def plain_url(url: str) -> str:
         hide_password=False)
 
 
+#: How long the PostgreSQL server gets to answer the check made before any run.
+CONNECT_TIMEOUT_S = 10.0
+SERVER_URL_FORM = "postgresql://USER[:PASSWORD]@HOST[:PORT]"
+CAN_CREATE_DATABASES = """
+    SELECT rolname, rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user
+"""
+
+
+def masked(url: str) -> str:
+    """``url`` for a message, its password hidden even when the URL does not parse."""
+    try:
+        return db.describe(url)
+    except (sa.exc.ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
+
+
+def server_admin_url(server_url: str) -> str:
+    """The plain URL of the ``postgres`` database on the server at ``server_url``, where the
+    benchmark creates and drops its own databases.
+
+    Raises:
+        ConfigError: ``server_url`` is not a PostgreSQL URL (the message masks its password).
+    """
+    try:
+        url = sa.engine.make_url(server_url)
+    except (sa.exc.ArgumentError, ValueError) as exc:
+        raise ConfigError(f"{masked(server_url)}: not a database URL; expected "
+                          f"{SERVER_URL_FORM}") from exc
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise ConfigError(f"{masked(server_url)}: not a PostgreSQL URL; expected "
+                          f"{SERVER_URL_FORM}")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ConfigError(f"{masked(server_url)}: port {url.port} is not 1-65535")
+    return plain_url(url.set(database="postgres").render_as_string(hide_password=False))
+
+
+async def check_server(server_url: str) -> None:
+    """Connects once to the server at ``server_url``, so that one the benchmark cannot use
+    stops it before any run rather than in the middle of one.
+
+    Raises:
+        ConfigError: the URL is not a PostgreSQL one, or its role may not create databases.
+        Unavailable: the server cannot be reached in CONNECT_TIMEOUT_S or refuses the login.
+    """
+    admin_url = server_admin_url(server_url)
+    try:
+        conn = await asyncpg.connect(admin_url, timeout=CONNECT_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise Unavailable(f"PostgreSQL at {masked(server_url)} did not answer within "
+                          f"{CONNECT_TIMEOUT_S:.0f} s") from exc
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise Unavailable(f"cannot connect to PostgreSQL at {masked(server_url)}: "
+                          f"{reason}") from exc
+    try:
+        role, may_create = await conn.fetchrow(CAN_CREATE_DATABASES)
+    finally:
+        await conn.close()
+    if not may_create:
+        raise ConfigError(f"role {role} may not create databases on PostgreSQL at "
+                          f"{masked(server_url)}; give it CREATEDB or use another role")
+
+
 class BenchDatabase:
     """A database of its own on the PostgreSQL server at ``server_url``, dropped on ``drop``."""
 
     def __init__(self, server_url: str, workload: str) -> None:
-        self.admin_url = plain_url(sa.engine.make_url(server_url).set(database="postgres")
-                                   .render_as_string(hide_password=False))
+        self.admin_url = server_admin_url(server_url)
         self.name = f"heraldo_bench_{workload}_{uuid.uuid4().hex[:8]}"
         self.url = sa.engine.make_url(self.admin_url).set(database=self.name).render_as_string(
             hide_password=False)
