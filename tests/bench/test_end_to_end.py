@@ -49,7 +49,7 @@ async def test_tiny_benchmark_measures_every_system(postfix, postgres_server, tm
 
 async def test_a_heraldo_run_that_sends_nothing_fails_the_exactly_once_check(
         postfix, postgres_server, tmp_path, monkeypatch):
-    # An empty workload once reported "exactly once passed" and exit 0 having checked nothing.
+    # An empty workload must not report "exactly once passed" having checked nothing.
     monkeypatch.delenv("CONSUL_HTTP_ADDR", raising=False)
     database = BenchDatabase(postgres_server, "empty")
     await database.create()

@@ -242,7 +242,7 @@ def test_report_plots_throughput_over_time(tmp_path):
 
 
 def test_a_median_and_its_runs_print_from_the_same_figures():
-    # One run at 500.54/s once printed "501/s (runs 500)": the run was rounded to 500.5 first.
+    # Rounding the run to 500.5 first would print "501/s (runs 500)" for one run at 500.54/s.
     runs = [RunResult("baseline", 1, sent=50_054, elapsed_s=100.0)]
 
     line = report.table({"retail": report.summarise(runs)}).splitlines()[1]

@@ -98,8 +98,7 @@ async def bench_workload(workload: str, args: argparse.Namespace, settings: dict
                             synthetic_invoices=args.synthetic_invoices)
         result["load"] = asdict(loaded)
         sink.start()
-        overrides = {**args.kv, "config/notifier/smtp_host": "127.0.0.1",
-                     "config/notifier/smtp_port": str(sink.port)}
+        overrides = {**args.kv, **sink_settings(sink.port)}
         workdir = args.out / f"mesh-{workload}"
         # A Consul data directory left by an earlier run would keep that run's --set values.
         shutil.rmtree(workdir, ignore_errors=True)
@@ -164,6 +163,11 @@ async def profiled_run(mesh: LocalMesh, sink: SmtpSink, database: BenchDatabase,
     return profile
 
 
+def sink_settings(port: int) -> dict[str, str]:
+    """The KV settings that point the notifiers at the benchmark's smtp-sink."""
+    return {"config/notifier/smtp_host": "127.0.0.1", "config/notifier/smtp_port": str(port)}
+
+
 def checked_settings(items: list[str]) -> dict[str, str]:
     """The ``--set`` items as KV entries, each validated as ``heraldo config set`` validates it.
 
@@ -180,6 +184,8 @@ def checked_settings(items: list[str]) -> dict[str, str]:
         key, separator, value = item.partition("=")
         if not separator:
             raise ConfigError(f"{item!r}: expected KEY=VALUE")
+        if key.strip() in sink_settings(0):
+            raise ConfigError(f"{key.strip()}: the benchmark sets it to its own smtp-sink")
         # Stored as validated, without the blanks around it, as heraldo config set stores it.
         value = value.strip()
         validate_setting(key, value, current)
