@@ -109,30 +109,11 @@ async def test_the_breakdown_is_filled_from_the_outcomes_already_recorded(blank_
         ("replica", "notifier-a", 2), ("replica", "notifier-b", 1)]
 
 
-async def test_tables_made_by_create_all_at_0002_are_stamped_there_and_upgraded(blank_engine):
-    await upgrade(blank_engine, "0002")
-    async with blank_engine.begin() as conn:
-        await conn.execute(sa.text("DROP TABLE alembic_version"))
-
-    await db.create_schema(blank_engine)
-
-    assert await revision(blank_engine) == head_revision()
-    assert await differences(blank_engine) == []
-
-
-async def test_tables_made_by_create_all_at_0003_are_stamped_there_and_upgraded(blank_engine):
-    await upgrade(blank_engine, "0003")
-    async with blank_engine.begin() as conn:
-        await conn.execute(sa.text("DROP TABLE alembic_version"))
-
-    await db.create_schema(blank_engine)
-
-    assert await revision(blank_engine) == head_revision()
-    assert await differences(blank_engine) == []
-
-
-async def test_tables_made_by_create_all_at_0004_are_stamped_there_and_upgraded(blank_engine):
-    await upgrade(blank_engine, "0004")
+@pytest.mark.parametrize("made_at", ["0002", "0003", "0004"])
+async def test_tables_made_by_create_all_at_a_revision_are_stamped_there_and_upgraded(
+        blank_engine, made_at):
+    # Stamped too low, an upgrade would add a column that exists; too high, one would be missing.
+    await upgrade(blank_engine, made_at)
     async with blank_engine.begin() as conn:
         await conn.execute(sa.text("DROP TABLE alembic_version"))
 
