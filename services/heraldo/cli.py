@@ -50,6 +50,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from heraldo import __version__, db
 from heraldo.argparsing import OneLineParser, whole_number
 from heraldo.errors import ConfigError, HeraldoError, InvalidArgument, NotFound, Unavailable
+from heraldo.notifier.render import InvalidTemplate, Renderer, overrides_from_kv
 from heraldo.registry import ConsulAddress, seed_kv
 from heraldo.settings import KV_PREFIX, SHARED_SCOPE, convert, load_seed, resolve
 
@@ -59,6 +60,7 @@ PROBE_TIMEOUT_S = 3.0
 HTTP_TIMEOUT_S = 30.0
 WATCH_POLL_S = 0.5
 DEFAULT_EDGE_URL = "http://127.0.0.1:8080"
+DEFAULT_TEMPLATE_KEY = "config/notifier/default_template"
 DEFAULT_CREDENTIALS = Path("var") / "credentials.json"
 #: Written by the local mesh (make up / make run): its edge, Consul and database addresses.
 LOCAL_MESH_FILE = Path("var") / "mesh.json"
@@ -488,7 +490,21 @@ def validate_setting(key: str, value: str, current: dict[str, str]) -> list[str]
         except ConfigError as exc:
             raise ConfigError(f"{key}={value!r} is not valid for {service}: "
                               f"{exc.__cause__ or exc}") from exc
+    if key == DEFAULT_TEMPLATE_KEY:
+        known = template_sets(current)
+        if value.strip() not in known:
+            raise ConfigError(f"{key}={value!r}: unknown template set; known: "
+                              f"{', '.join(sorted(known))}")
     return readers
+
+
+def template_sets(kv: dict[str, str]) -> frozenset[str]:
+    """The template sets the notifiers have: the built-in ones and those KV overrides add."""
+    try:
+        return Renderer(overrides=overrides_from_kv(kv)).template_sets
+    except InvalidTemplate:
+        # The notifiers refuse such overrides too, and keep rendering with the built-in sets.
+        return Renderer().template_sets
 
 
 def current_kv(api: HttpApi) -> dict[str, str]:

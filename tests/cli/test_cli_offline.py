@@ -11,6 +11,7 @@ import pytest
 import heraldo
 from heraldo import cli
 from heraldo.errors import ConfigError, InvalidArgument
+from heraldo.notifier.render import PARTS, VARIANTS
 from heraldo.settings import load_seed
 
 
@@ -81,6 +82,7 @@ def test_money_is_exact():
     ("config/mailer/sender", "x", "unknown service 'mailer'"),
     ("config/batch/no_such_setting", "1", "no service reads a setting named"),
     ("batch/chunk_size", "1", "a setting key is config/"),
+    ("config/notifier/default_template", "nosuch", "unknown template set; known: invoice"),
 ])
 def test_a_bad_setting_is_refused_with_its_reason(key, value, problem):
     with pytest.raises(ConfigError, match=problem):
@@ -194,3 +196,14 @@ def test_jobs_show_lists_reasons_notices_and_replicas():
     notice = shown[shown.index("  sent, with a notice:") + 1]
     assert notice.split(maxsplit=1) == ["1", "sent again after a replica died mid-delivery"]
     assert "  sent, by notifier replica:" in shown
+
+
+def test_a_default_template_may_name_a_set_the_kv_overrides_add():
+    seed = load_seed()
+    overrides = {f"config/notifier/templates/dunning/en/{variant}.{part}": "Pay {{ amount }}"
+                 for variant in VARIANTS for part in PARTS}
+
+    with pytest.raises(ConfigError, match="unknown template set"):
+        cli.validate_setting("config/notifier/default_template", "dunning", seed)
+    assert cli.validate_setting("config/notifier/default_template", "dunning",
+                                {**seed, **overrides}) == ["notifier"]

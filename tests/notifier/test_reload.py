@@ -184,3 +184,20 @@ async def test_a_subject_overridden_in_kv_is_used_and_a_broken_one_is_refused(
     refusal = next(r.getMessage() for r in caplog.records
                    if "rejected template override" in r.getMessage())
     assert key in refusal
+
+
+async def test_a_default_template_that_does_not_exist_is_rejected_and_sending_goes_on(
+        notifiers, smtp_server, consul_kv, live, caplog):
+    caplog.set_level(logging.INFO, logger="heraldo.notifier.reload")
+    notifier = await notifiers.start()
+    live(notifier.servicer)
+
+    await consul_kv.kv.put("config/notifier/default_template", "nosuch")
+    await consul_kv.kv.put("config/notifier/domain_rate_per_s", "2")
+    await until(lambda: notifier.servicer.settings.domain_rate_per_s == 2, "the good change")
+    [result] = await notifier.deliver([make_request(1)])
+
+    assert notifier.servicer.settings.default_template == "invoice"
+    assert any("key=config/notifier/default_template value='nosuch': unknown template set "
+               "'nosuch'; known: invoice" in r.getMessage() for r in caplog.records)
+    assert result.status == pb.DELIVERY_STATUS_SENT

@@ -39,10 +39,13 @@ def _shown(name: str, value: object) -> str:
 
 
 def updated_settings(current: NotifierSettings, kv: Mapping[str, str],
-                     env: Mapping[str, str] | None = None) -> NotifierSettings:
+                     env: Mapping[str, str] | None = None,
+                     template_sets: frozenset[str] | None = None) -> NotifierSettings:
     """``current`` with every valid value of ``kv`` applied; each bad one is logged and skipped.
 
-    ``kv`` is the whole tree (seed defaults first, then Consul's keys), as at startup.
+    ``kv`` is the whole tree (seed defaults first, then Consul's keys), as at startup. A
+    ``default_template`` outside ``template_sets`` (when given) is bad: every notification that
+    names no template would be refused.
     """
     env = os.environ if env is None else env
     hints = get_type_hints(NotifierSettings)
@@ -60,6 +63,10 @@ def updated_settings(current: NotifierSettings, kv: Mapping[str, str],
             value = convert(kv[key], hints[name], key)
             if value == getattr(settings, name):
                 continue
+            if name == "default_template" and template_sets is not None \
+                    and value not in template_sets:
+                raise ValueError(f"unknown template set {value!r}; known: "
+                                 f"{', '.join(sorted(template_sets))}")
             settings = dataclasses.replace(settings, **{name: value})
         except (ConfigError, ValueError) as exc:
             logger.warning("rejected setting key=%s value=%s: %s; keeping %s", key,
@@ -80,26 +87,35 @@ class LiveConfig:
         self._templates: dict[str, str] | None = None
 
     def on_kv(self, tree: Mapping[str, str]) -> None:
-        """One KV snapshot: settings first, then template overrides."""
+        """One KV snapshot: template overrides first, so that a default template may name a
+        set added in the same change, then settings."""
+        templates = overrides_from_kv(tree)
+        applied = self._apply_templates(templates)
         current = self._servicer.settings
-        settings = updated_settings(current, {**self._seed, **tree}, self._env)
+        settings = updated_settings(current, {**self._seed, **tree}, self._env,
+                                    template_sets=self._servicer.template_sets)
         changed = [f.name for f in dataclasses.fields(settings)
                    if getattr(settings, f.name) != getattr(current, f.name)]
         if changed:
             self._servicer.apply_settings(settings)
             logger.info("settings reloaded replica_rate_per_s=%g changed=%s",
                         self._servicer.rate_per_s, ",".join(changed))
+            if not applied:
+                # The change may have moved the default template off a set the overrides drop.
+                self._apply_templates(templates)
 
-        templates = overrides_from_kv(tree)
+    def _apply_templates(self, templates: dict[str, str]) -> bool:
+        """Renders with ``templates`` from now on; False when they were refused."""
         if templates == self._templates:
-            return
+            return True
         try:
             self._servicer.set_templates(templates)
         except InvalidTemplate as exc:
             logger.warning("rejected template override %s; keeping the templates in use", exc)
-            return
+            return False
         self._templates = templates
         logger.info("templates reloaded overrides=%d", len(templates))
+        return True
 
     def on_replicas(self, replica_ids: dict[str, dt.datetime | None]) -> None:
         self._servicer.set_live_replicas(replica_ids)

@@ -29,6 +29,7 @@ from heraldo.notifier.render import (
     Document,
     InvalidDate,
     InvalidMoney,
+    InvalidTemplate,
     Renderer,
     UnknownTemplate,
     date_from_proto,
@@ -139,6 +140,11 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
         return dict(self._renderer.overrides)
 
     @property
+    def template_sets(self) -> frozenset[str]:
+        """The template sets it can render now, its KV overrides included."""
+        return self._renderer.template_sets
+
+    @property
     def rate_per_s(self) -> float:
         """This replica's current send rate limit; 0 means unlimited."""
         return self._rate.rate_per_s
@@ -165,11 +171,15 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
         """Renders with these KV template overrides from now on.
 
         Raises:
-            InvalidTemplate: an override cannot be used; the templates in use stay.
+            InvalidTemplate: an override cannot be used, or the default template set would be
+                gone without it; the templates in use stay.
         """
-        self._renderer = Renderer(company=parseaddr(self._settings.sender)[0],
-                                  default_locale=self._settings.default_locale,
-                                  overrides=overrides)
+        renderer = Renderer(company=parseaddr(self._settings.sender)[0],
+                            default_locale=self._settings.default_locale, overrides=overrides)
+        if self._settings.default_template not in renderer.template_sets:
+            raise InvalidTemplate(f"the default template set "
+                                  f"{self._settings.default_template!r} would no longer exist")
+        self._renderer = renderer
 
     def set_live_replicas(self, replica_ids: dict[str, dt.datetime | None]) -> None:
         """Takes this replica's share of the cluster-wide rate among the live replicas, and lets
