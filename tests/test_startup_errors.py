@@ -1,4 +1,5 @@
-"""A service that cannot reach Consul or its database exits at once with one line naming which."""
+"""A service that cannot reach Consul or its database, or is given no address for Consul, exits
+at once with one line naming which."""
 
 from __future__ import annotations
 
@@ -54,3 +55,13 @@ async def test_unreachable_database_is_one_line_naming_it(module):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "database" in lines[0] and f"127.0.0.1:{port}" in lines[0]
+
+
+@pytest.mark.parametrize("module", SERVICES)
+async def test_a_consul_address_that_is_no_address_is_one_line_naming_it(module):
+    result = await run_service(module, CONSUL_HTTP_ADDR="127.0.0.1:abc")
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "CONSUL_HTTP_ADDR='127.0.0.1:abc' is not host:port or an http(s) URL" in lines[0]

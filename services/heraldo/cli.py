@@ -97,16 +97,20 @@ def read_token(credentials: str | None) -> str:
         return ""
     try:
         text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read credentials file {path}: {exc}") from exc
-    if not text.startswith("{"):
+    if not text.startswith(("{", "[")):
         return text.removeprefix("Bearer ").strip()
     try:
         payload = json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"credentials file {path} is not JSON: {exc}") from exc
-    token = payload.get("token") or payload.get("api_key") or str(
-        payload.get("authorization", "")).removeprefix("Bearer ").strip()
+    if not isinstance(payload, dict):
+        raise ConfigError(f"credentials file {path} is not a JSON object with a 'token'")
+    token = payload.get("token") or payload.get("api_key") or payload.get("authorization") or ""
+    if not isinstance(token, str):
+        raise ConfigError(f"credentials file {path}: the token is not a string")
+    token = token.removeprefix("Bearer ").strip()
     if not token:
         raise ConfigError(f"credentials file {path} holds no 'token' or 'authorization'")
     return token
@@ -152,8 +156,8 @@ class HttpApi:
                     f"{DEFAULT_CREDENTIALS})") from exc
             if exc.code in (401, 403):
                 raise RequestFailed(
-                    f"{self.what} refused the credentials ({exc.code} {message}); set "
-                    f"HERALDO_TOKEN or pass --credentials FILE") from exc
+                    f"{self.what} refused the credentials ({exc.code} {message}); check "
+                    f"HERALDO_TOKEN or the credentials file (--credentials FILE)") from exc
             raise RequestFailed(f"{method} {path} failed with {exc.code}: {message}") from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -404,11 +408,9 @@ def run_send(args: argparse.Namespace, api: HttpApi) -> int:
 # --- Consul: mesh status and config ----------------------------------------------------------
 
 def consul_api(args: argparse.Namespace) -> HttpApi:
-    if args.consul:
-        address = args.consul if "://" in args.consul else f"http://{args.consul}"
-    else:
-        address = ConsulAddress.from_env().url
-    return HttpApi(address, token=os.environ.get("CONSUL_HTTP_TOKEN", ""), what="Consul")
+    address = (ConsulAddress.parse(args.consul, "--consul") if args.consul
+               else ConsulAddress.from_env())
+    return HttpApi(address.url, token=os.environ.get("CONSUL_HTTP_TOKEN", ""), what="Consul")
 
 
 #: Characters of a health check's output that ``mesh status`` shows.
@@ -644,11 +646,22 @@ _skip_limit = whole_number(-1, "0 or more, or -1 for no limit")
 
 
 def _edge_url(text: str) -> str:
-    """An argparse type: an http(s) URL with a host, as the edge is reached."""
-    parts = urllib.parse.urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise argparse.ArgumentTypeError(
-            f"expected an http:// or https:// URL such as {DEFAULT_EDGE_URL}, got {text!r}")
+    """An argparse type: an http(s) URL of a host and port, as the edge is reached.
+
+    A path is allowed (an edge behind a proxy's prefix); a query, a fragment or a user name is
+    not, since the request paths are appended to it.
+    """
+    expected = (f"expected an http:// or https:// URL such as {DEFAULT_EDGE_URL} (from --edge "
+                f"or HERALDO_EDGE_URL), got {text!r}")
+    try:
+        parts = urllib.parse.urlsplit(text.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{expected} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise argparse.ArgumentTypeError(expected)
+    if parts.query or parts.fragment or parts.username is not None:
+        raise argparse.ArgumentTypeError(f"{expected} (without user, query or fragment)")
     return text.strip()
 
 

@@ -14,7 +14,7 @@ import aiohttp
 import consul
 import consul.aio
 
-from heraldo.errors import Unavailable
+from heraldo.errors import ConfigError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +31,31 @@ class ConsulAddress:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ConsulAddress:
-        """Reads ``CONSUL_HTTP_ADDR`` the way the consul CLI does: ``host:port`` or a URL."""
+        """Reads ``CONSUL_HTTP_ADDR`` the way the consul CLI does: ``host:port`` or a URL.
+
+        Raises:
+            ConfigError: it is neither.
+        """
         env = os.environ if env is None else env
-        raw = env.get("CONSUL_HTTP_ADDR", DEFAULT_CONSUL_ADDR)
-        parts = urlsplit(raw if "://" in raw else f"http://{raw}")
-        return cls(host=parts.hostname or "127.0.0.1", port=parts.port or 8500, scheme=parts.scheme)
+        return cls.parse(env.get("CONSUL_HTTP_ADDR", DEFAULT_CONSUL_ADDR), "CONSUL_HTTP_ADDR")
+
+    @classmethod
+    def parse(cls, raw: str, what: str) -> ConsulAddress:
+        """``host:port`` or an http(s) URL; ``what`` names where it came from in an error.
+
+        Raises:
+            ConfigError: ``raw`` is neither, or its port is no port number.
+        """
+        text = raw.strip()
+        parts = urlsplit(text if "://" in text else f"http://{text}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https") or port == -1 or port == 0:
+            raise ConfigError(f"{what}={raw!r} is not host:port or an http(s) URL "
+                              f"(e.g. {DEFAULT_CONSUL_ADDR})")
+        return cls(host=parts.hostname or "127.0.0.1", port=port or 8500, scheme=parts.scheme)
 
     @property
     def url(self) -> str:

@@ -140,7 +140,12 @@ def test_start_options_become_the_rest_body_the_edge_expects():
 
 @pytest.mark.parametrize("option", [["--skip-limit", "-2"], ["--skip-limit", "x"],
                                     ["--partitions", "0"], ["--edge", "notaurl"],
-                                    ["--edge", "ftp://127.0.0.1:8080"], ["--edge", "http://"]])
+                                    ["--edge", "ftp://127.0.0.1:8080"], ["--edge", "http://"],
+                                    ["--edge", "http://127.0.0.1:abc"],
+                                    ["--edge", "http://127.0.0.1:99999"],
+                                    ["--edge", "http://[::1"],
+                                    ["--edge", "http://user@127.0.0.1:8080"],
+                                    ["--edge", "http://127.0.0.1:8080/?x=1"]])
 def test_a_bad_start_option_is_one_line_and_exit_2(option, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(["jobs", "start", "december", *option])
@@ -151,14 +156,37 @@ def test_a_bad_start_option_is_one_line_and_exit_2(option, capsys):
     assert option[0] in err and "Traceback" not in err
 
 
-def test_a_credentials_file_without_a_token_names_what_it_should_hold(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("content", "problem"), [
+    (b"{}", "holds no 'token' or 'authorization'"),
+    (b"[]", "is not a JSON object"),
+    (b'{"token": 5}', "the token is not a string"),
+    (b'{"token": ["a"]}', "the token is not a string"),
+    (b"\xff\xfe", "cannot read credentials file"),
+])
+def test_a_credentials_file_without_a_usable_token_says_what_is_wrong(
+        tmp_path, monkeypatch, content, problem):
     monkeypatch.delenv("HERALDO_TOKEN", raising=False)
     monkeypatch.delenv("HERALDO_API_KEY", raising=False)
-    empty = tmp_path / "credentials.json"
-    empty.write_text("{}")
+    credentials = tmp_path / "credentials.json"
+    credentials.write_bytes(content)
 
-    with pytest.raises(ConfigError, match="holds no 'token' or 'authorization'"):
-        cli.read_token(str(empty))
+    with pytest.raises(ConfigError, match=problem):
+        cli.read_token(str(credentials))
+
+
+@pytest.mark.parametrize("argv", [["mesh", "status", "--consul", "127.0.0.1:abc"],
+                                  ["config", "get", "--consul", "ftp://127.0.0.1:8500"]])
+def test_a_bad_consul_address_is_one_line_and_exit_2(argv, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--consul=" in err and "is not host:port" in err
+
+
+def test_a_bad_consul_address_in_the_environment_is_named(capsys, monkeypatch):
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", "127.0.0.1:abc")
+
+    assert cli.main(["config", "get"]) == 2
+    assert "CONSUL_HTTP_ADDR='127.0.0.1:abc' is not host:port" in capsys.readouterr().err
 
 
 def test_the_local_meshs_addresses_are_defaults_the_environment_overrides(tmp_path, monkeypatch):
