@@ -17,8 +17,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def whole_number(minimum: int, expected: str) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least ``minimum``, else ``expected`` is said.
+def whole_number(minimum: int, expected: str,
+                 maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``minimum`` to ``maximum`` (when given), else
+    ``expected`` is said.
 
     It raises ArgumentTypeError for text that is no number too: argparse words a ValueError
     with the type function's name, which means nothing to the user.
@@ -29,7 +31,7 @@ def whole_number(minimum: int, expected: str) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             value = minimum - 1
-        if value < minimum:
+        if value < minimum or (maximum is not None and value > maximum):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 

@@ -61,6 +61,8 @@ HTTP_TIMEOUT_S = 30.0
 WATCH_POLL_S = 0.5
 DEFAULT_EDGE_URL = "http://127.0.0.1:8080"
 DEFAULT_TEMPLATE_KEY = "config/notifier/default_template"
+#: The most jobs the edge lists in one page.
+MAX_JOBS_LISTED = 500
 DEFAULT_CREDENTIALS = Path("var") / "credentials.json"
 #: Written by the local mesh (make up / make run): its edge, Consul and database addresses.
 LOCAL_MESH_FILE = Path("var") / "mesh.json"
@@ -212,7 +214,8 @@ def job_progress_line(job: dict) -> str:
     return (f"{progress_bar(processed, selected)} {processed}/{selected}"
             f"  sent {_count(job, 'sent')} skipped {_count(job, 'skipped')}"
             f" failed {_count(job, 'failed')}  {rate:.0f}/s"
-            f"  left {format_duration(left)}  {_status(job)}")
+            f"  left {'-' if job.get('status') in TERMINAL else format_duration(left)}"
+            f"  {_status(job)}")
 
 
 def job_details(job: dict) -> str:
@@ -331,7 +334,10 @@ def watch_job(api: HttpApi, job_id: str, *, out=sys.stdout,
 def run_jobs(args: argparse.Namespace, api: HttpApi) -> int:
     if args.jobs_command == "list":
         reply = api.call("GET", f"/v1/jobs?pageSize={args.limit}")
-        print(jobs_table(reply.get("jobs", [])))
+        jobs = reply.get("jobs", [])
+        print(jobs_table(jobs))
+        if reply.get("nextPageToken"):
+            print(f"(the newest {len(jobs)} shown; --limit up to {MAX_JOBS_LISTED} shows more)")
         return EXIT_OK
     if args.jobs_command == "start":
         job = api.call("POST", "/v1/jobs", start_body(args))
@@ -704,7 +710,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(its customers are notified again)")
     start.add_argument("--watch", action="store_true", help="follow it until it ends")
     listing = job_commands.add_parser("list", parents=[edge], help="newest jobs first")
-    listing.add_argument("--limit", type=_positive_int, default=20,
+    listing.add_argument("--limit", default=20, type=whole_number(
+                             1, f"1 to {MAX_JOBS_LISTED}", maximum=MAX_JOBS_LISTED),
                          help="how many jobs at most (%(default)s)")
     for name, text in (("show", "a job's counts, reasons and replicas"),
                        ("watch", "a live progress bar until the job ends"),

@@ -154,12 +154,13 @@ async def test_stop_then_restart_resumes_from_the_checkpoint(engine, notifier, b
         job_name="stoppable", parameters=batch_pb2.JobParameters(chunk_size=5)))
     await asyncio.wait_for(notifier.holding.wait(), timeout=30)
     stopping = await batch.StopJob(batch_pb2.StopJobRequest(job_id=started.job_id))
+    asked_again = await batch.StopJob(batch_pb2.StopJobRequest(job_id=started.job_id))
     notifier.gate.set()
     stopped = await wait_for_end(batch, started.job_id)
     restarted = await batch.RestartJob(batch_pb2.RestartJobRequest(job_id=started.job_id))
     finished = await wait_for_end(batch, restarted.job_id)
 
-    assert stopping.status == batch_pb2.JOB_STATUS_STOPPING
+    assert stopping.status == asked_again.status == batch_pb2.JOB_STATUS_STOPPING
     assert stopping.seconds_left == -1  # it ends after its chunk in flight, not the selection
     assert stopped.status == batch_pb2.JOB_STATUS_STOPPED
     assert 0 < stopped.counts.processed < len(expected)

@@ -56,6 +56,13 @@ def test_progress_line_shows_bar_counts_rate_and_time_left():
     assert "85/s" in line and "left 1:15" in line and line.endswith("STARTED")
 
 
+def test_an_ended_job_has_no_time_left_to_show():
+    job = {"status": "JOB_STATUS_STOPPED", "ratePerSecond": 477, "secondsLeft": 0,
+           "counts": {"selected": "23107", "processed": "5500"}}
+
+    assert "left -  STOPPED" in cli.job_progress_line(job)
+
+
 @pytest.mark.parametrize(("amount", "problem"), [
     ("nan", "is not a number"), ("inf", "is not a number"), ("twelve", "is not a number"),
     ("1.0000000001", "more than nine decimals"), ("1e30", "too large")])
@@ -154,6 +161,15 @@ def test_a_bad_start_option_is_one_line_and_exit_2(option, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert option[0] in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("limit", ["0", "501", "x"])
+def test_a_list_limit_the_edge_would_refuse_is_a_usage_error(limit, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["jobs", "list", "--limit", limit])
+
+    assert exited.value.code == 2
+    assert "argument --limit: expected 1 to 500" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("content", "problem"), [

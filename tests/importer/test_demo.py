@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -148,3 +149,14 @@ def test_a_bad_invoice_count_is_one_line_and_exit_2(tmp_path, count):
     assert result.stderr.count("\n") == 1
     assert f"argument --invoices: expected a positive number, got '{count}'" in result.stderr
     assert not (tmp_path / "demo.db").exists()
+
+
+def test_a_database_that_cannot_be_reached_is_one_line_and_exit_2(tmp_path, postgres_server):
+    missing = sa.engine.make_url(postgres_server).set(database=f"trial_{uuid.uuid4().hex[:8]}")
+    env = {**os.environ, "DATABASE_URL": missing.render_as_string(hide_password=False)}
+
+    result = subprocess.run([sys.executable, "-m", "heraldo.importer", "demo", "--invoices",
+                             "10"], env=env, capture_output=True, text=True, check=False)
+
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "does not exist" in result.stderr

@@ -554,8 +554,15 @@ class JobRepository:
         return renewed.rowcount
 
     async def request_stop(self, execution_id: str) -> Execution:
-        """Raises NotFound, or FailedPrecondition when the job is not running."""
+        """Asks a running job to stop; a job already stopping is returned as it is.
+
+        Raises:
+            NotFound: no such job.
+            FailedPrecondition: the job has ended.
+        """
         execution = await self.get(execution_id)
+        if execution.status == STOPPING:
+            return execution
         if execution.status not in (STARTING, STARTED):
             raise FailedPrecondition(f"job {execution_id} is {execution.status}, not running")
         async with self.engine.begin() as conn:

@@ -23,8 +23,8 @@ from heraldo.importer.online_retail import SourceFileError, check_source, import
 logger = logging.getLogger(__name__)
 
 PROG = "python -m heraldo.importer"
-EXIT_DATABASE_FAILED = 1
-EXIT_BAD_INPUT = 2
+#: Every error exits 2 with one line, as the heraldo command's others do.
+EXIT_ERROR = 2
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
@@ -35,12 +35,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         return asyncio.run(_run(args))
     except SourceFileError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_ERROR
     except (HeraldoError, sa.exc.SQLAlchemyError, OSError) as exc:
         # One readable line: a failed statement's SQL and parameters are no use here.
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"{prog}: {detail}", file=sys.stderr)
-        return EXIT_DATABASE_FAILED
+        return EXIT_ERROR
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
