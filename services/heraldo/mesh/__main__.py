@@ -221,6 +221,11 @@ async def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logs.configure("INFO")
 
+    # SIGTERM stops the mesh as Ctrl-C does: the main task is cancelled, and leaving the mesh's
+    # context stops the components in order. Without this the supervisor would die at once and
+    # every component would get SIGTERM together.
+    main_task = asyncio.current_task()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     try:
         mesh = LocalMesh(workdir=args.workdir, ports=MeshPorts.from_env(),
                          notifiers=args.notifiers)
@@ -233,6 +238,8 @@ async def main(argv: list[str] | None = None) -> int:
     except HeraldoError as exc:
         print(f"heraldo mesh: {exc}", file=sys.stderr)
         return 2
+    except asyncio.CancelledError:
+        logger.info("mesh stopped on SIGTERM")
     return 0
 
 

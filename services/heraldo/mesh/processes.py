@@ -42,9 +42,11 @@ class Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.log_start = log.tell()
+        # A process group of its own: Ctrl-C in the terminal reaches only the supervisor, which
+        # then stops the components in order (services before the Consul they deregister from).
         self.process = subprocess.Popen(
             self.argv, env={**base_env, **self.env}, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, process_group=0)
         log.close()
         logger.debug("started %s pid=%d", self.name, self.process.pid)
 

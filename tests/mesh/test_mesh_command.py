@@ -1,0 +1,51 @@
+"""``python -m heraldo.mesh up`` (``make up``) as a user runs it: stopped with SIGTERM, it stops
+the services before the Consul they deregister from, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+
+from heraldo.mesh.ports import port_is_free
+from heraldo.mesh.supervisor import MeshPorts
+
+SERVICE_LOGS = ("batch.log", "notifier-1.log", "controlplane.log")
+
+
+async def test_sigterm_stops_the_mesh_in_order_and_frees_its_ports(tmp_path, make_database):
+    ports = MeshPorts.free(notifiers=1)
+    env = {**os.environ, "DATABASE_URL": await make_database(), "PYTHONUNBUFFERED": "1",
+           **{f"HERALDO_{item.name.upper()}_PORT": str(getattr(ports, item.name))
+              for item in dataclasses.fields(ports)}}
+    env.pop("CONSUL_HTTP_ADDR", None)
+    workdir = tmp_path / "var"
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "heraldo.mesh", "up", "--workdir", str(workdir),
+         "--notifiers", "1", "--invoices", "20"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output = []
+        for line in supervisor.stdout:
+            output.append(line)
+            if "Press Ctrl-C to stop" in line:
+                break
+        else:
+            raise AssertionError(f"the mesh did not come up:\n{''.join(output)}")
+
+        supervisor.send_signal(signal.SIGTERM)
+        rest, _ = supervisor.communicate(timeout=90)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+
+    assert supervisor.returncode == 0, rest
+    assert "mesh stopped on SIGTERM" in rest
+    for name in SERVICE_LOGS:
+        log = (workdir / "logs" / name).read_text()
+        assert "could not deregister" not in log, f"{name}:\n{log}"
+    listened = [ports.edge, ports.consul, ports.batch, ports.first_notifier, ports.smtp]
+    assert all(port_is_free(port) for port in listened)
