@@ -3,6 +3,7 @@ the services before the Consul they deregister from, and leaves nothing behind."
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import signal
@@ -15,9 +16,9 @@ from heraldo.mesh.supervisor import MeshPorts
 SERVICE_LOGS = ("batch.log", "notifier-1.log", "controlplane.log")
 
 
-async def test_sigterm_stops_the_mesh_in_order_and_frees_its_ports(tmp_path, make_database):
+def test_sigterm_stops_the_mesh_in_order_and_frees_its_ports(tmp_path, make_database):
     ports = MeshPorts.free(notifiers=1)
-    env = {**os.environ, "DATABASE_URL": await make_database(), "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, "DATABASE_URL": asyncio.run(make_database()), "PYTHONUNBUFFERED": "1",
            **{f"HERALDO_{item.name.upper()}_PORT": str(getattr(ports, item.name))
               for item in dataclasses.fields(ports)}}
     env.pop("CONSUL_HTTP_ADDR", None)
