@@ -54,6 +54,10 @@ RPC_SECONDS = Histogram("heraldo_rpc_seconds", "RPC duration", ["method"])
 #: Set by Envoy's edge on REST requests: the JSON body as the client sent it, base64-encoded.
 JSON_BODY_HEADER = "x-heraldo-json-body"
 UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)" at "([^"]+)"')
+#: How protobuf's JSON parser leads into a nested field's error, once per level.
+FIELD_IN_ERROR = re.compile(r"Failed to parse (\w+) field: ")
+#: Where the parser says the error is, at the end of its message.
+ERROR_LOCATION = re.compile(r" at [\w.]*\.?$")
 
 #: Health and reflection calls come every few seconds from Consul and grpcurl; not worth a line.
 QUIET_METHOD_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
@@ -189,11 +193,13 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
 
 def refuse_unknown_json_fields(request, context) -> None:
-    """Raises InvalidArgument for a REST body field the request message does not have.
+    """Raises InvalidArgument for a REST body field the request message does not have, or one
+    whose value protobuf's JSON mapping does not allow.
 
-    Envoy's transcoder silently drops such fields, so a misspelt ``chunkSize`` would run a job
-    with the default. The edge passes the body as sent in ``x-heraldo-json-body`` (base64);
-    parsing it strictly names the field the transcoder dropped.
+    Envoy's transcoder silently drops unknown fields, so a misspelt ``chunkSize`` would run a job
+    with the default; and it reads ``"newInstance": "yes"`` as true and ``"countries": "UK"`` as
+    a list. The edge passes the body as sent in ``x-heraldo-json-body`` (base64); parsing it
+    strictly names the field the transcoder let through.
     """
     if not hasattr(request, "DESCRIPTOR"):
         return
@@ -211,6 +217,13 @@ def refuse_unknown_json_fields(request, context) -> None:
             name, where = unknown.groups()
             parents = where.split(".")[1:]
             raise InvalidArgument(".".join([*parents, name]), "unknown field") from exc
+        path, rest = [], str(exc)
+        while (field := FIELD_IN_ERROR.match(rest)) is not None:
+            path.append(field.group(1))
+            rest = rest[field.end():]
+        if path:
+            reason = ERROR_LOCATION.sub("", rest).rstrip(".")
+            raise InvalidArgument(".".join(path), reason) from exc
     except (ValueError, binascii.Error):
         # Not JSON or not base64: the transcoder has already judged the body it could read.
         return

@@ -57,3 +57,16 @@ def test_bad_job_names_are_refused(name):
         validate_job_name(name)
 
     assert caught.value.field == "job_name"
+
+
+def test_a_very_long_job_name_is_shown_cut_in_the_error():
+    with pytest.raises(InvalidArgument) as caught:
+        validate_job_name("x" * 5000)
+
+    assert "... (5000 characters) must be 1-100" in str(caught.value)
+    assert len(str(caught.value)) < 200
+
+
+def test_a_chunk_size_out_of_range_says_0_means_the_default():
+    with pytest.raises(InvalidArgument, match=r"between 1 and \d+ \(0 for the default\), got -5"):
+        parse_params(batch_pb2.JobParameters(chunk_size=-5), templates=TEMPLATES)

@@ -176,3 +176,19 @@ def test_a_delivery_stream_through_the_edge_is_answered_group_by_group(mesh):
             return answers
 
     assert asyncio.run(converse()) == [[pb.DELIVERY_STATUS_SENT]] * 3
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"jobName": "loose", "newInstance": "yes"},
+     "newInstance: Expected true or false without quotes"),
+    ({"jobName": "loose", "parameters": {"countries": "United Kingdom"}},
+     "parameters.countries: repeated field countries must be in []"),
+])
+def test_a_value_the_transcoder_would_bend_is_refused_by_name(mesh, body, message):
+    # Envoy reads "yes" as true and a lone string as a list; the service refuses both.
+    refused = httpx.post(f"{mesh.edge_url}/v1/jobs", headers=mesh.auth_headers, json=body)
+    listed = httpx.get(f"{mesh.edge_url}/v1/jobs", headers=mesh.auth_headers).json()
+
+    assert refused.status_code == 400
+    assert refused.json()["message"].startswith(message)
+    assert all(job["jobName"] != "loose" for job in listed.get("jobs", []))

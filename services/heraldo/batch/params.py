@@ -68,8 +68,10 @@ def validate_job_name(name: str) -> str:
     if not name:
         raise InvalidArgument("job_name", "is required")
     if not JOB_NAME_PATTERN.match(name):
+        # A long name is shown cut: the message should fit on a line.
+        shown = repr(name) if len(name) <= 100 else f"{name[:60]!r}... ({len(name)} characters)"
         raise InvalidArgument(
-            "job_name", f"{name!r} must be 1-100 lower-case letters, digits, '.', '_' or '-'")
+            "job_name", f"{shown} must be 1-100 lower-case letters, digits, '.', '_' or '-'")
     return name
 
 
@@ -100,7 +102,8 @@ def parse_params(message: batch_pb2.JobParameters, *, templates: frozenset[str],
                               + ", ".join(sorted(templates)))
     if not 0 <= message.chunk_size <= MAX_CHUNK_SIZE:
         raise InvalidArgument("parameters.chunk_size",
-                              f"must be between 1 and {MAX_CHUNK_SIZE}, got {message.chunk_size}")
+                              f"must be between 1 and {MAX_CHUNK_SIZE} (0 for the default), "
+                              f"got {message.chunk_size}")
     skip_limit = default_skip_limit
     if message.HasField("skip_limit"):
         if message.skip_limit < -1:
@@ -110,7 +113,8 @@ def parse_params(message: batch_pb2.JobParameters, *, templates: frozenset[str],
         skip_limit = message.skip_limit
     if not 0 <= message.partitions <= MAX_PARTITIONS:
         raise InvalidArgument("parameters.partitions",
-                              f"must be between 1 and {MAX_PARTITIONS}, got {message.partitions}")
+                              f"must be between 1 and {MAX_PARTITIONS} (0 for the default), "
+                              f"got {message.partitions}")
     return JobParams(issued_from=issued_from, issued_to=issued_to,
                      kinds=tuple(sorted(set(kinds))) or ("invoice",), countries=countries,
                      template=message.template, chunk_size=message.chunk_size,
