@@ -426,7 +426,7 @@ MAX_CHECK_OUTPUT = 120
 def mesh_status(api: HttpApi) -> tuple[str, bool]:
     """A table of every instance of every service with its check states; and whether all pass."""
     services = api.call("GET", "/v1/catalog/services") or {}
-    rows = [("SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "METRICS", "CHECK OUTPUT")]
+    rows = [("SERVICE", "INSTANCE", "ADDRESS", "PID", "HEALTH", "METRICS", "CHECK OUTPUT")]
     all_passing = True
     for name in sorted(services):
         if name == "consul":
@@ -445,10 +445,11 @@ def mesh_status(api: HttpApi) -> tuple[str, bool]:
             # The last column: long enough to say why, marked when cut.
             if len(output) > MAX_CHECK_OUTPUT:
                 output = output[:MAX_CHECK_OUTPUT - 1] + "…"
-            metrics = (service.get("Meta") or {}).get("metrics_port", "")
+            meta = service.get("Meta") or {}
+            metrics = meta.get("metrics_port", "")
             rows.append((name, service.get("ID", ""),
-                         f"{service.get('Address', '')}:{service.get('Port', '')}", health,
-                         f":{metrics}" if metrics else "", output))
+                         f"{service.get('Address', '')}:{service.get('Port', '')}",
+                         meta.get("pid", ""), health, f":{metrics}" if metrics else "", output))
     if len(rows) == 1:
         return "no services registered in Consul", False
     widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]))]

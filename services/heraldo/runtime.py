@@ -290,14 +290,15 @@ class RunningService:
             address=self.instance.advertise_address, port=self.port, tags=self._tags,
             # started_at tells peers which incarnation of a replica id is alive: a claim made
             # before it belongs to a process that died, even though the id is back.
+            # pid: which process an operator signals or profiles, among identical command lines.
             meta={"metrics_port": str(self.metrics_port), "grpc_service": ",".join(names),
-                  "started_at": PROCESS_STARTED_AT.isoformat()},
+                  "started_at": PROCESS_STARTED_AT.isoformat(), "pid": str(os.getpid())},
             check_interval_s=self._check_interval_s,
             deregister_critical_after_s=self._deregister_after_s)
         await self.registration.register(self.consul)
         self._keeper = asyncio.create_task(self._keep_registered(), name="keep-registered")
-        logger.info("serving service=%s id=%s port=%d metrics_port=%d",
-                    self.instance.service, instance_id, self.port, self.metrics_port)
+        logger.info("serving service=%s id=%s port=%d metrics_port=%d pid=%d",
+                    self.instance.service, instance_id, self.port, self.metrics_port, os.getpid())
 
     async def _keep_registered(self, interval_s: float = REREGISTER_INTERVAL_S) -> None:
         """Registers this instance again whenever Consul no longer lists it.

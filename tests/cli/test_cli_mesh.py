@@ -104,7 +104,11 @@ def test_mesh_status_lists_every_replica(capsys, loaded_mesh):
     rows = [line.split() for line in out.splitlines()[1:]]
     assert sorted(row[1] for row in rows if row[0] == "heraldo-notifier") == [
         "notifier-1", "notifier-2", "notifier-3"]
-    assert {row[3] for row in rows} == {"passing"}
+    assert {row[4] for row in rows} == {"passing"}
+    # Each replica's pid is the process the supervisor started for it.
+    pids = {row[1]: int(row[3]) for row in rows if row[0] == "heraldo-notifier"}
+    assert pids == {replica: loaded_mesh.child(replica).process.pid
+                    for replica in loaded_mesh.notifier_ids()}
 
 
 def test_config_set_validates_before_writing(capsys, loaded_mesh):
