@@ -121,10 +121,14 @@ def read_token(credentials: str | None) -> str:
 class HttpApi:
     """A small JSON-over-HTTP client for the edge and for Consul; errors become one line."""
 
-    def __init__(self, base_url: str, *, token: str = "", what: str = "the edge") -> None:
+    def __init__(self, base_url: str, *, token: str = "", what: str = "the edge",
+                 token_from: str = "") -> None:
+        """``token_from`` says where a token comes from, for a 401 or 403."""
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.what = what
+        self.token_from = token_from or (
+            f"HERALDO_TOKEN or --credentials FILE (make up writes {DEFAULT_CREDENTIALS})")
 
     def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
              allow_missing: bool = False) -> Any:
@@ -153,13 +157,12 @@ class HttpApi:
                 raise NotFound(f"{method} {path}: not found ({message})") from exc
             if exc.code == 401 and not self.token:
                 raise RequestFailed(
-                    f"{self.what} asks for a token and none was found ({message}); set "
-                    f"HERALDO_TOKEN or pass --credentials FILE (make up writes "
-                    f"{DEFAULT_CREDENTIALS})") from exc
+                    f"{self.what} at {self.base_url} asks for a token and none was found "
+                    f"({message}); it comes from {self.token_from}") from exc
             if exc.code in (401, 403):
                 raise RequestFailed(
-                    f"{self.what} refused the credentials ({exc.code} {message}); check "
-                    f"HERALDO_TOKEN or the credentials file (--credentials FILE)") from exc
+                    f"{self.what} at {self.base_url} refused the credentials ({exc.code} "
+                    f"{message}); check {self.token_from}") from exc
             raise RequestFailed(f"{method} {path} failed with {exc.code}: {message}") from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -416,7 +419,8 @@ def run_send(args: argparse.Namespace, api: HttpApi) -> int:
 def consul_api(args: argparse.Namespace) -> HttpApi:
     address = (ConsulAddress.parse(args.consul, "--consul") if args.consul
                else ConsulAddress.from_env())
-    return HttpApi(address.url, token=os.environ.get("CONSUL_HTTP_TOKEN", ""), what="Consul")
+    return HttpApi(address.url, token=os.environ.get("CONSUL_HTTP_TOKEN", ""), what="Consul",
+                   token_from="CONSUL_HTTP_TOKEN (is that address Consul's HTTP API?)")
 
 
 #: Characters of a health check's output that ``mesh status`` shows.

@@ -84,6 +84,19 @@ def test_without_credentials_the_edge_says_why(capsys, loaded_mesh, monkeypatch,
     assert "HERALDO_TOKEN" in err and "--credentials" in err
 
 
+def test_consul_pointed_at_the_edge_asks_whether_it_is_consul(capsys, loaded_mesh, monkeypatch):
+    if edge_credentials(loaded_mesh.workdir) is None:
+        pytest.skip("this mesh's edge asks for no credentials")
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN", raising=False)
+
+    code, _, err = run(capsys, "mesh", "status", "--consul", f"127.0.0.1:{loaded_mesh.ports.edge}")
+
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "CONSUL_HTTP_TOKEN (is that address Consul's HTTP API?)" in err
+    assert "HERALDO_TOKEN" not in err
+
+
 def test_send_once_then_duplicate(capsys, edge_args):
     notification_id = f"cli-send-{uuid.uuid4().hex[:8]}"
     argv = ["send", "--to", "ana@example.com", "--name", "Ana", "--invoice", "INV-CLI-1",
