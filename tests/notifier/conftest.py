@@ -16,6 +16,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from heraldo import db
+from heraldo.notifier.render import PARTS, VARIANTS
 from heraldo.notifier.servicer import NotifierServicer, build_mailer
 from heraldo.notifier.settings import SERVICE_SCOPE, NotifierSettings
 from heraldo.runtime import StatusInterceptor
@@ -258,3 +259,9 @@ def make_request(n: int | str, *, email: str | None = None, name: str = "Jane Do
 
 def by_id(results: list[pb.DeliveryResult]) -> dict[str, pb.DeliveryResult]:
     return {r.notification_id: r for r in results}
+
+
+def template_set(name: str) -> dict[str, str]:
+    """KV overrides that make a whole template set of their own, in English."""
+    return {f"config/notifier/templates/{name}/en/{variant}.{part}":
+            f"{name}: {{{{ invoice_number }}}}" for variant in VARIANTS for part in PARTS}

@@ -19,7 +19,7 @@ from heraldo.registry import ConsulAddress
 from heraldo.settings import load_seed
 from heraldo.v1 import notification_pb2 as pb
 
-from .conftest import FaultyHandler, make_request
+from .conftest import FaultyHandler, make_request, template_set
 
 # Reloading does not depend on the delivery log's database: SQLite is enough here.
 pytestmark = pytest.mark.parametrize("delivery_url", ["sqlite"], indirect=True)
@@ -201,3 +201,30 @@ async def test_a_default_template_that_does_not_exist_is_rejected_and_sending_go
     assert any("key=config/notifier/default_template value='nosuch': unknown template set "
                "'nosuch'; known: invoice" in r.getMessage() for r in caplog.records)
     assert result.status == pb.DELIVERY_STATUS_SENT
+
+
+async def test_one_change_may_replace_the_default_template_set_with_a_new_one(notifiers):
+    notifier = await notifiers.start()
+    config = LiveConfig(servicer=notifier.servicer, seed=load_seed(), env={})
+    config.on_kv({**template_set("acme"), "config/notifier/default_template": "acme"})
+    assert notifier.servicer.settings.default_template == "acme"
+
+    # acme's files go and acme2's come, with the default moved, in one snapshot
+    config.on_kv({**template_set("acme2"), "config/notifier/default_template": "acme2"})
+
+    assert notifier.servicer.settings.default_template == "acme2"
+    assert "acme" not in notifier.servicer.template_sets
+    assert "acme2" in notifier.servicer.template_sets
+
+
+async def test_overrides_that_would_remove_the_default_set_are_refused(notifiers, caplog):
+    caplog.set_level(logging.INFO, logger="heraldo.notifier.reload")
+    notifier = await notifiers.start()
+    config = LiveConfig(servicer=notifier.servicer, seed=load_seed(), env={})
+    config.on_kv({**template_set("acme"), "config/notifier/default_template": "acme"})
+
+    config.on_kv({"config/notifier/default_template": "acme"})
+
+    assert "acme" in notifier.servicer.template_sets
+    assert any("the default template set 'acme' would no longer exist" in r.getMessage()
+               for r in caplog.records)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from email.utils import parseaddr
 
 from heraldo import logs
 from heraldo.db import create_engine, create_schema, database_url, describe
 from heraldo.notifier.reload import LiveConfig
+from heraldo.notifier.render import InvalidTemplate, Renderer, overrides_from_kv
 from heraldo.notifier.servicer import NotifierServicer, build_mailer
 from heraldo.notifier.settings import SERVICE_SCOPE, NotifierSettings
-from heraldo.registry import ConsulAddress
+from heraldo.registry import ConsulAddress, read_kv_tree
 from heraldo.runtime import (
     Instance,
     RunningService,
@@ -34,6 +36,25 @@ SERVICE_NAME = "heraldo-notifier"
 DEFAULT_GRPC_PORT = 50061
 
 
+async def startup_renderer(consul_address: ConsulAddress,
+                           settings: NotifierSettings) -> Renderer:
+    """The renderer with the template overrides in KV now, so that a default template set
+    defined there exists from the first request. Overrides that cannot be used are left out, as
+    the live reload leaves them out."""
+    client = consul_address.client()
+    try:
+        overrides = overrides_from_kv(await read_kv_tree(client))
+    finally:
+        await client.close()
+    company = parseaddr(settings.sender)[0]
+    try:
+        return Renderer(company=company, default_locale=settings.default_locale,
+                        overrides=overrides)
+    except InvalidTemplate as exc:
+        logger.warning("rejected template override %s; starting with the built-in templates", exc)
+        return Renderer(company=company, default_locale=settings.default_locale)
+
+
 async def main() -> None:
     logs.configure(os.environ.get("HERALDO_LOG_LEVEL", "INFO"), service=SERVICE_NAME)
     consul_address = ConsulAddress.from_env()
@@ -48,7 +69,8 @@ async def main() -> None:
         instance = Instance.from_env(SERVICE_NAME, DEFAULT_GRPC_PORT)
         servicer = NotifierServicer(settings=settings, engine=engine,
                                     mailer=build_mailer(settings),
-                                    replica_id=instance.instance_id)
+                                    replica_id=instance.instance_id,
+                                    renderer=await startup_renderer(consul_address, settings))
         service = RunningService(
             instance=instance,
             servicers=[Servicer(

@@ -25,7 +25,7 @@ from typing import get_type_hints
 import consul.aio
 
 from heraldo.errors import ConfigError
-from heraldo.notifier.render import InvalidTemplate, overrides_from_kv
+from heraldo.notifier.render import InvalidTemplate, Renderer, overrides_from_kv
 from heraldo.notifier.servicer import NotifierServicer
 from heraldo.notifier.settings import SERVICE_SCOPE, NotifierSettings
 from heraldo.registry import watch_kv_tree, watch_passing_instances
@@ -87,35 +87,39 @@ class LiveConfig:
         self._templates: dict[str, str] | None = None
 
     def on_kv(self, tree: Mapping[str, str]) -> None:
-        """One KV snapshot: template overrides first, so that a default template may name a
-        set added in the same change, then settings."""
+        """One KV snapshot. Template overrides and settings are checked together, so that one
+        change may add a template set and make it the default, or move the default off a set it
+        removes."""
         templates = overrides_from_kv(tree)
-        applied = self._apply_templates(templates)
+        renderer = self._compiled(templates)
+        sets = renderer.template_sets if renderer is not None else self._servicer.template_sets
         current = self._servicer.settings
         settings = updated_settings(current, {**self._seed, **tree}, self._env,
-                                    template_sets=self._servicer.template_sets)
+                                    template_sets=sets)
+        if renderer is not None:
+            try:
+                self._servicer.use_renderer(renderer, settings.default_template)
+            except InvalidTemplate as exc:
+                logger.warning("rejected template override %s; keeping the templates in use", exc)
+            else:
+                self._templates = templates
+                logger.info("templates reloaded overrides=%d", len(templates))
         changed = [f.name for f in dataclasses.fields(settings)
                    if getattr(settings, f.name) != getattr(current, f.name)]
         if changed:
             self._servicer.apply_settings(settings)
             logger.info("settings reloaded replica_rate_per_s=%g changed=%s",
                         self._servicer.rate_per_s, ",".join(changed))
-            if not applied:
-                # The change may have moved the default template off a set the overrides drop.
-                self._apply_templates(templates)
 
-    def _apply_templates(self, templates: dict[str, str]) -> bool:
-        """Renders with ``templates`` from now on; False when they were refused."""
+    def _compiled(self, templates: dict[str, str]) -> Renderer | None:
+        """A renderer for ``templates`` when they changed and can be used; None otherwise."""
         if templates == self._templates:
-            return True
+            return None
         try:
-            self._servicer.set_templates(templates)
+            return self._servicer.renderer_for(templates)
         except InvalidTemplate as exc:
             logger.warning("rejected template override %s; keeping the templates in use", exc)
-            return False
-        self._templates = templates
-        logger.info("templates reloaded overrides=%d", len(templates))
-        return True
+            return None
 
     def on_replicas(self, replica_ids: dict[str, dt.datetime | None]) -> None:
         self._servicer.set_live_replicas(replica_ids)

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from heraldo.addresses import sendable_address
-from heraldo.errors import InvalidArgument, Unavailable
+from heraldo.errors import ConfigError, InvalidArgument, Unavailable
 from heraldo.logs import mask_email
 from heraldo.notifier import delivery_log
 from heraldo.notifier.delivery_log import DeliveryLog, GroupedDeliveryLog, Record
@@ -121,7 +121,7 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
         self._renderer = renderer or Renderer(company=company,
                                               default_locale=settings.default_locale)
         if settings.default_template not in self._renderer.template_sets:
-            raise ValueError(f"default_template {settings.default_template!r} does not exist; "
+            raise ConfigError(f"default_template {settings.default_template!r} does not exist; "
                              f"known: {', '.join(sorted(self._renderer.template_sets))}")
         self._tasks: set[asyncio.Task] = set()
         self._retiring: set[asyncio.Task] = set()
@@ -167,6 +167,26 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
         if (old.sender, old.default_locale) != (settings.sender, settings.default_locale):
             self.set_templates(self._renderer.overrides)
 
+    def renderer_for(self, overrides: dict[str, str]) -> Renderer:
+        """A renderer with these KV template overrides, for this replica's sender and locale.
+
+        Raises:
+            InvalidTemplate: an override cannot be used.
+        """
+        return Renderer(company=parseaddr(self._settings.sender)[0],
+                        default_locale=self._settings.default_locale, overrides=overrides)
+
+    def use_renderer(self, renderer: Renderer, default_template: str) -> None:
+        """Renders with ``renderer`` from now on, where ``default_template`` is to be the default.
+
+        Raises:
+            InvalidTemplate: ``renderer`` has no such template set; the templates in use stay.
+        """
+        if default_template not in renderer.template_sets:
+            raise InvalidTemplate(f"the default template set {default_template!r} would no "
+                                  "longer exist")
+        self._renderer = renderer
+
     def set_templates(self, overrides: dict[str, str]) -> None:
         """Renders with these KV template overrides from now on.
 
@@ -174,12 +194,7 @@ class NotifierServicer(notification_pb2_grpc.NotifierServiceServicer):
             InvalidTemplate: an override cannot be used, or the default template set would be
                 gone without it; the templates in use stay.
         """
-        renderer = Renderer(company=parseaddr(self._settings.sender)[0],
-                            default_locale=self._settings.default_locale, overrides=overrides)
-        if self._settings.default_template not in renderer.template_sets:
-            raise InvalidTemplate(f"the default template set "
-                                  f"{self._settings.default_template!r} would no longer exist")
-        self._renderer = renderer
+        self.use_renderer(self.renderer_for(overrides), self._settings.default_template)
 
     def set_live_replicas(self, replica_ids: dict[str, dt.datetime | None]) -> None:
         """Takes this replica's share of the cluster-wide rate among the live replicas, and lets
