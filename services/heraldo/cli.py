@@ -91,7 +91,7 @@ def read_token(credentials: str | None) -> str:
     for name in ("HERALDO_TOKEN", "HERALDO_API_KEY"):
         if os.environ.get(name, "").strip():
             # The credentials file's "authorization" value carries the scheme; accept it too.
-            return os.environ[name].strip().removeprefix("Bearer ").strip()
+            return _header_safe(os.environ[name].strip().removeprefix("Bearer ").strip(), name)
     path = Path(credentials) if credentials else DEFAULT_CREDENTIALS
     if not path.exists():
         if credentials:
@@ -102,7 +102,7 @@ def read_token(credentials: str | None) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read credentials file {path}: {exc}") from exc
     if not text.startswith(("{", "[")):
-        return text.removeprefix("Bearer ").strip()
+        return _header_safe(text.removeprefix("Bearer ").strip(), f"credentials file {path}")
     try:
         payload = json.loads(text)
     except ValueError as exc:
@@ -115,6 +115,14 @@ def read_token(credentials: str | None) -> str:
     token = token.removeprefix("Bearer ").strip()
     if not token:
         raise ConfigError(f"credentials file {path} holds no 'token' or 'authorization'")
+    return _header_safe(token, f"credentials file {path}")
+
+
+def _header_safe(token: str, source: str) -> str:
+    """``token`` when it can go in an HTTP header as it is: printable ASCII, without blanks."""
+    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        raise ConfigError(f"{source}: the token holds blanks or characters other than "
+                          "printable ASCII; a bearer token has none")
     return token
 
 

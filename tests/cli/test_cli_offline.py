@@ -178,6 +178,8 @@ def test_a_list_limit_the_edge_would_refuse_is_a_usage_error(limit, capsys):
     (b'{"token": 5}', "the token is not a string"),
     (b'{"token": ["a"]}', "the token is not a string"),
     (b"\xff\xfe", "cannot read credentials file"),
+    (b"first line\nsecond line", "the token holds blanks"),
+    ('{"token": "t\u00e9\u4e2d"}'.encode(), "other than printable ASCII"),
 ])
 def test_a_credentials_file_without_a_usable_token_says_what_is_wrong(
         tmp_path, monkeypatch, content, problem):
@@ -251,3 +253,10 @@ def test_a_default_template_may_name_a_set_the_kv_overrides_add():
         cli.validate_setting("config/notifier/default_template", "dunning", seed)
     assert cli.validate_setting("config/notifier/default_template", "dunning",
                                 {**seed, **overrides}) == ["notifier"]
+
+
+def test_a_token_from_the_environment_that_no_header_can_carry_is_refused(monkeypatch):
+    monkeypatch.setenv("HERALDO_TOKEN", "abc\ndef")
+
+    with pytest.raises(ConfigError, match="HERALDO_TOKEN: the token holds blanks"):
+        cli.read_token(None)
