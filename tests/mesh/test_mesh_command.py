@@ -1,5 +1,5 @@
-"""``python -m heraldo.mesh up`` (``make up``) as a user runs it: stopped with SIGTERM, it stops
-the services before the Consul they deregister from, and leaves nothing behind."""
+"""``python -m heraldo.mesh up`` (``make up``) as a user runs it: stopped with Ctrl-C or SIGTERM,
+it stops the services before the Consul they deregister from, and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from heraldo.mesh.ports import port_is_free
 from heraldo.mesh.supervisor import MeshPorts
 
 SERVICE_LOGS = ("batch.log", "notifier-1.log", "controlplane.log")
 
 
-def test_sigterm_stops_the_mesh_in_order_and_frees_its_ports(tmp_path, make_database):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_mesh_in_order_and_frees_its_ports(tmp_path, make_database, signum):
     ports = MeshPorts.free(notifiers=1)
     env = {**os.environ, "DATABASE_URL": asyncio.run(make_database()), "PYTHONUNBUFFERED": "1",
            **{f"HERALDO_{item.name.upper()}_PORT": str(getattr(ports, item.name))
@@ -36,7 +39,7 @@ def test_sigterm_stops_the_mesh_in_order_and_frees_its_ports(tmp_path, make_data
         else:
             raise AssertionError(f"the mesh did not come up:\n{''.join(output)}")
 
-        supervisor.send_signal(signal.SIGTERM)
+        supervisor.send_signal(signum)
         rest, _ = supervisor.communicate(timeout=90)
     finally:
         if supervisor.poll() is None:
@@ -44,7 +47,7 @@ def test_sigterm_stops_the_mesh_in_order_and_frees_its_ports(tmp_path, make_data
             supervisor.wait()
 
     assert supervisor.returncode == 0, rest
-    assert "mesh stopped on SIGTERM" in rest
+    assert f"mesh stopped signal={signum.name}" in rest
     for name in SERVICE_LOGS:
         log = (workdir / "logs" / name).read_text()
         assert "could not deregister" not in log, f"{name}:\n{log}"

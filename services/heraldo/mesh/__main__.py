@@ -2,8 +2,11 @@
 
 ``run`` starts every component, loads the demo invoices, starts a job over REST through Envoy's
 edge, shows its progress, prints a summary, checks that every sent notification arrived at the sink
-exactly once, stops everything and exits 0 (1 when the job or that check failed, 2 when the mesh
-did not start).
+exactly once, stops everything and exits 0 (1 when the job or that check failed, or a signal
+stopped it first; 2 when the mesh did not start). ``up`` exits 0 when stopped by a signal.
+
+Ctrl-C (SIGINT), SIGTERM and SIGHUP (the terminal closed) all stop the components in order:
+services first, then the Consul they deregister from.
 """
 
 from __future__ import annotations
@@ -162,8 +165,8 @@ async def report_exits(mesh: LocalMesh, *, interval_s: float = 1.0) -> None:
     while True:
         exited = [child for child in mesh.children if child.name not in reported
                   and child.process is not None and child.process.poll() is not None]
-        # Ctrl-C reaches every process of the terminal's group at once, and stopping cancels
-        # this task: waiting a moment first keeps a shutdown from reading like a string of crashes.
+        # A stop cancels this task while the components are stopping: waiting a moment first
+        # keeps a shutdown from reading like a string of crashes.
         await asyncio.sleep(interval_s)
         for child in exited:
             reported.add(child.name)
@@ -221,11 +224,18 @@ async def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logs.configure("INFO")
 
-    # SIGTERM stops the mesh as Ctrl-C does: the main task is cancelled, and leaving the mesh's
-    # context stops the components in order. Without this the supervisor would die at once and
-    # every component would get SIGTERM together.
+    # A stopping signal cancels the main task, and leaving the mesh's context stops the
+    # components in order. Left to their default, SIGTERM and SIGHUP would end the supervisor at
+    # once, and every component would get SIGTERM from the kernel together.
     main_task = asyncio.current_task()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    stopped_by: list[str] = []
+
+    def stop(signum: signal.Signals) -> None:
+        stopped_by.append(signum.name)
+        main_task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        asyncio.get_running_loop().add_signal_handler(signum, stop, signum)
     try:
         mesh = LocalMesh(workdir=args.workdir, ports=MeshPorts.from_env(),
                          notifiers=args.notifiers)
@@ -239,7 +249,13 @@ async def main(argv: list[str] | None = None) -> int:
         print(f"heraldo mesh: {exc}", file=sys.stderr)
         return 2
     except asyncio.CancelledError:
-        logger.info("mesh stopped on SIGTERM")
+        if not stopped_by:
+            raise
+        logger.info("mesh stopped signal=%s", stopped_by[0])
+        if args.command == "run":
+            print(f"heraldo mesh: stopped by {stopped_by[0]} before the demo job was checked",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
