@@ -60,8 +60,7 @@ PROBE_TIMEOUT_S = 3.0
 HTTP_TIMEOUT_S = 30.0
 WATCH_POLL_S = 0.5
 DEFAULT_EDGE_URL = "http://127.0.0.1:8080"
-DEFAULT_TEMPLATE_KEY = "config/notifier/default_template"
-#: The most jobs the edge lists in one page.
+#: The most jobs the edge lists in one page (the batch service's MAX_PAGE_SIZE).
 MAX_JOBS_LISTED = 500
 DEFAULT_CREDENTIALS = Path("var") / "credentials.json"
 #: Written by the local mesh (make up / make run): its edge, Consul and database addresses.
@@ -348,7 +347,9 @@ def run_jobs(args: argparse.Namespace, api: HttpApi) -> int:
         jobs = reply.get("jobs", [])
         print(jobs_table(jobs))
         if reply.get("nextPageToken"):
-            print(f"(the newest {len(jobs)} shown; --limit up to {MAX_JOBS_LISTED} shows more)")
+            more = (f"--limit up to {MAX_JOBS_LISTED} shows more" if args.limit < MAX_JOBS_LISTED
+                    else "REST's pageToken pages further")
+            print(f"(the newest {len(jobs)} shown; {more})")
         return EXIT_OK
     if args.jobs_command == "start":
         job = api.call("POST", "/v1/jobs", start_body(args))
@@ -511,7 +512,7 @@ def validate_setting(key: str, value: str, current: dict[str, str]) -> list[str]
         except ConfigError as exc:
             raise ConfigError(f"{key}={value!r} is not valid for {service}: "
                               f"{exc.__cause__ or exc}") from exc
-    if key == DEFAULT_TEMPLATE_KEY:
+    if name == "default_template":
         known = template_sets(current)
         if value.strip() not in known:
             raise ConfigError(f"{key}={value!r}: unknown template set; known: "

@@ -57,7 +57,7 @@ UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)" at "([^"]+)"')
 #: How protobuf's JSON parser leads into a nested field's error, once per level.
 FIELD_IN_ERROR = re.compile(r"Failed to parse (\w+) field: ")
 #: Where the parser says the error is, at the end of its message.
-ERROR_LOCATION = re.compile(r" at [\w.]*\.?$")
+ERROR_LOCATION = re.compile(r" at [\w.\[\]]*\.?$")
 
 #: Health and reflection calls come every few seconds from Consul and grpcurl; not worth a line.
 QUIET_METHOD_PREFIXES = ("/grpc.health.", "/grpc.reflection.")

@@ -9,9 +9,16 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from heraldo import db
-from heraldo.migrations import current_revision, head_revision, upgrade
+from heraldo.migrations import (
+    BASELINE_REVISION,
+    alembic_config,
+    current_revision,
+    head_revision,
+    upgrade,
+)
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -109,7 +116,13 @@ async def test_the_breakdown_is_filled_from_the_outcomes_already_recorded(blank_
         ("replica", "notifier-a", 2), ("replica", "notifier-b", 1)]
 
 
-@pytest.mark.parametrize("made_at", ["0002", "0003", "0004"])
+def _revisions_between_baseline_and_head() -> list[str]:
+    revisions = [script.revision for script in
+                 ScriptDirectory.from_config(alembic_config()).walk_revisions()]
+    return sorted(set(revisions) - {BASELINE_REVISION, head_revision()})
+
+
+@pytest.mark.parametrize("made_at", _revisions_between_baseline_and_head())
 async def test_tables_made_by_create_all_at_a_revision_are_stamped_there_and_upgraded(
         blank_engine, made_at):
     # Stamped too low, an upgrade would add a column that exists; too high, one would be missing.
@@ -119,5 +132,5 @@ async def test_tables_made_by_create_all_at_a_revision_are_stamped_there_and_upg
 
     await db.create_schema(blank_engine)
 
-    assert await revision(blank_engine) == head_revision() == "0005"
+    assert await revision(blank_engine) == head_revision()
     assert await differences(blank_engine) == []

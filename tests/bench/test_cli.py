@@ -39,7 +39,8 @@ def test_a_synthetic_set_of_no_invoices_is_refused(count, capsys):
     # Nothing loaded would be nothing measured, and an exactly-once check that checks nothing.
     line = refusal(["--workload", "synthetic", "--synthetic-invoices", count], capsys)
 
-    assert "--synthetic-invoices must be at least 1" in line
+    assert ("argument --synthetic-invoices: expected a whole number, at least 1, "
+            f"got {count!r}") in line
 
 
 def test_a_setting_no_service_reads_is_refused(capsys):

@@ -52,7 +52,7 @@ async def test_two_mesh_ports_set_alike_stop_the_mesh_before_anything_starts(tmp
     assert mesh.children == []
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "70000", "-1", "80.5"])
+@pytest.mark.parametrize("value", ["abc", "0", "70000", "-1", "80.5", "\u00b2"])
 def test_a_port_variable_that_is_no_port_is_one_line_naming_it(monkeypatch, value):
     monkeypatch.setenv("HERALDO_EDGE_PORT", value)
 

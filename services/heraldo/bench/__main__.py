@@ -36,7 +36,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from heraldo import logs
-from heraldo.argparsing import OneLineParser
+from heraldo.argparsing import OneLineParser, whole_number
 from heraldo.bench import report
 from heraldo.bench.measure import RunResult, mesh_pids, run_baseline, run_ceiling, run_heraldo
 from heraldo.bench.profile import Recording, top_costs
@@ -182,10 +182,11 @@ def checked_settings(items: list[str]) -> dict[str, str]:
     kv: dict[str, str] = {}
     for item in items:
         key, separator, value = item.partition("=")
+        key = key.strip()
         if not separator:
             raise ConfigError(f"{item!r}: expected KEY=VALUE")
-        if key.strip() in sink_settings(0):
-            raise ConfigError(f"{key.strip()}: the benchmark sets it to its own smtp-sink")
+        if key in sink_settings(0):
+            raise ConfigError(f"{key}: the benchmark sets it to its own smtp-sink")
         # Stored as validated, without the blanks around it, as heraldo config set stores it.
         value = value.strip()
         validate_setting(key, value, current)
@@ -199,7 +200,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workload", choices=(*WORKLOADS, "all"), default="retail",
                         help="retail (the Online Retail job; default), synthetic (250,000 "
                              "invoices) or all")
-    parser.add_argument("--runs", type=int, default=3, help="measured runs per system (3)")
+    at_least_one = whole_number(1, "a whole number, at least 1")
+    parser.add_argument("--runs", type=at_least_one, default=3,
+                        help="measured runs per system (3)")
     parser.add_argument("--out", type=Path, default=Path("var") / "bench",
                         help="where results, plots and profiles go (var/bench)")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", LOCAL_POSTGRES),
@@ -207,7 +210,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(DATABASE_URL, else 127.0.0.1:5432)")
     parser.add_argument("--retail-path", type=Path, default=RETAIL_PATH,
                         help="the Online Retail CSV (../shared/data/online-retail/)")
-    parser.add_argument("--synthetic-invoices", type=int, default=SYNTHETIC_INVOICES,
+    parser.add_argument("--synthetic-invoices", type=at_least_one, default=SYNTHETIC_INVOICES,
                         help=f"size of the synthetic set, at least 1 ({SYNTHETIC_INVOICES:,})")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the extra run profiled with py-spy")
@@ -222,10 +225,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"{','.join(report.SYSTEMS)}); the ceiling sends as many messages "
                              "as Heraldo did, so it needs heraldo")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    if args.synthetic_invoices < 1:
-        parser.error("--synthetic-invoices must be at least 1")
     args.systems = {name.strip() for name in args.systems.split(",") if name.strip()}
     unknown = sorted(args.systems - set(report.SYSTEMS))
     if unknown or not args.systems:

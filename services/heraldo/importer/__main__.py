@@ -1,7 +1,8 @@
 """Command line: ``online-retail FILE`` or ``demo [--invoices N] [--seed S]``.
 
 Writes to ``DATABASE_URL`` (the embedded SQLite file when unset), creating the schema
-first. Exit status: 0 done, 1 the database failed, 2 bad input (nothing written).
+first. Exit status: 0 done; 2 an error, one line on stderr: bad input (nothing written) or a
+database that failed.
 """
 
 from __future__ import annotations

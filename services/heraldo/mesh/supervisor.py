@@ -26,7 +26,7 @@ from heraldo import db
 from heraldo.errors import HeraldoError
 from heraldo.mesh.credentials import EdgeCredentials, generate
 from heraldo.mesh.envoy_config import render_bootstrap
-from heraldo.mesh.ports import free_port, free_ports, port_is_free
+from heraldo.mesh.ports import free_port, free_port_range, port_is_free
 from heraldo.mesh.processes import Child, child_env, python_module
 from heraldo.registry import ConsulAddress, seed_kv
 from heraldo.settings import load_seed
@@ -74,7 +74,7 @@ class MeshPorts:
             variable = f"HERALDO_{item.name.upper()}_PORT"
             raw = os.environ.get(variable, "").strip()
             if raw:
-                if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+                if not raw.isdecimal() or not 1 <= int(raw) <= 65535:
                     raise MeshError(f"{variable}={raw!r} is not a port number (1-65535)")
                 overrides[item.name] = int(raw)
         return cls(**overrides)
@@ -84,7 +84,7 @@ class MeshPorts:
         """Ports free now: for tests that run beside a developer's mesh."""
         chosen = {item.name: free_port() for item in fields(cls) if item.name != "first_notifier"}
         # Notifier replicas take consecutive ports.
-        return cls(first_notifier=free_ports(notifiers), **chosen)
+        return cls(first_notifier=free_port_range(notifiers).start, **chosen)
 
 
 @dataclass

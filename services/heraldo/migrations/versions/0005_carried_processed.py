@@ -1,5 +1,6 @@
-"""A restarted execution remembers how many of its processed invoices it carried over, so its
-rate and time left count only its own work.
+"""Executions remember the processed count a restart carried over, for a rate of their own.
+
+Executions restarted before this revision keep 0: their rate still counts the carried invoices.
 
 Revision ID: 0005
 Revises: 0004
