@@ -127,6 +127,9 @@ def test_an_invoice_without_a_due_date_does_not_mention_one(renderer, locale, wi
     for body in (undated.text, undated.html):
         assert with_due_date not in body
         assert without_due_date in body
+    # The phrase ends where a word does: a block tag at a line's end must not glue the next on.
+    for phrase, body in ((with_due_date, dated.text), (without_due_date, undated.text)):
+        assert re.search(re.escape(phrase) + r"\W", body), body
 
 
 def test_spanish_invoice_uses_spanish_words_numbers_and_dates(renderer):
