@@ -51,5 +51,14 @@ def test_a_signal_stops_the_mesh_in_order_and_frees_its_ports(tmp_path, make_dat
     for name in SERVICE_LOGS:
         log = (workdir / "logs" / name).read_text()
         assert "could not deregister" not in log, f"{name}:\n{log}"
+    # The batch stops first, while the notifiers still answer its chunk in flight.
+    batch_stopped = _stopped_at(workdir / "logs" / "batch.log")
+    assert batch_stopped <= _stopped_at(workdir / "logs" / "notifier-1.log")
     listened = [ports.edge, ports.consul, ports.batch, ports.first_notifier, ports.smtp]
     assert all(port_is_free(port) for port in listened)
+
+
+def _stopped_at(log_path) -> str:
+    """The timestamp of the service's "stopped" line (its log lines start with name and time)."""
+    line = next(line for line in log_path.read_text().splitlines() if " stopped service=" in line)
+    return " ".join(line.split()[1:3])

@@ -398,8 +398,11 @@ class LocalMesh:
                            HERALDO_GRPC_PORT=str(free_port()), HERALDO_INSTANCE_ID=replica_id)
 
     def stop(self) -> None:
-        """Stops the services before the infrastructure they deregister from."""
-        for child in reversed(self.children):
+        """Stops the batch replicas first, then the rest in reverse order of start: a batch
+        replica finishes its chunk in flight while the notifiers still answer, and the services
+        stop before the infrastructure they deregister from."""
+        batches = [child for child in self.children if child.name.startswith("batch")]
+        for child in [*batches, *(c for c in reversed(self.children) if c not in batches)]:
             child.stop()
         self.children.clear()
 
