@@ -90,6 +90,8 @@ def test_money_is_exact():
     ("config/batch/no_such_setting", "1", "no service reads a setting named"),
     ("batch/chunk_size", "1", "a setting key is config/"),
     ("config/notifier/default_template", "nosuch", "unknown template set; known: invoice"),
+    ("config/batch/partitions", "100000", "partitions must be at most 256"),
+    ("config/batch/chunk_size", "100000000", "chunk_size must be at most 10000"),
 ])
 def test_a_bad_setting_is_refused_with_its_reason(key, value, problem):
     with pytest.raises(ConfigError, match=problem):

@@ -7,13 +7,12 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
+from heraldo.batch.settings import MAX_CHUNK_SIZE, MAX_PARTITIONS
 from heraldo.convert import date_from_proto, date_to_proto
 from heraldo.errors import InvalidArgument
 from heraldo.v1 import batch_pb2, notification_pb2
 
 JOB_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-MAX_CHUNK_SIZE = 10_000
-MAX_PARTITIONS = 256
 #: What selects the invoices; chunk_size only changes how they are sent, so it is left out.
 IDENTIFYING_PARAMS = ("issued_from", "issued_to", "kinds", "countries", "template")
 

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from heraldo.settings import not_negative, positive
 
+#: The largest chunk and the most partitions a job may ask for, or the settings give.
+MAX_CHUNK_SIZE = 10_000
+MAX_PARTITIONS = 256
+
 
 @dataclass(frozen=True)
 class BatchSettings:
@@ -48,6 +52,9 @@ class BatchSettings:
                      "heartbeat_interval_s", "stale_after_s", "partitions", "max_partitions",
                      "poll_interval_s"):
             positive(name, getattr(self, name))
+        for name, most in (("chunk_size", MAX_CHUNK_SIZE), ("partitions", MAX_PARTITIONS)):
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} must be at most {most}, as a job's own is")
         if self.stale_after_s <= self.heartbeat_interval_s:
             raise ValueError("stale_after_s must exceed heartbeat_interval_s, or every lease "
                              "looks dead between two heartbeats")
