@@ -140,9 +140,14 @@ async def test_a_completed_instance_is_refused_the_second_time(engine, batch):
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await batch.StartJob(batch_pb2.StartJobRequest(job_name="once"))
+    # Naming the template, the default one here, selects the same invoices: the same instance
+    with pytest.raises(grpc.aio.AioRpcError) as named_template:
+        await batch.StartJob(batch_pb2.StartJobRequest(
+            job_name="once", parameters=batch_pb2.JobParameters(template="invoice")))
 
-    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert "already completed" in caught.value.details()
+    for refusal in (caught.value, named_template.value):
+        assert refusal.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "already completed" in refusal.details()
 
 
 async def test_stop_then_restart_resumes_from_the_checkpoint(engine, notifier, batch):

@@ -134,3 +134,28 @@ async def test_tables_made_by_create_all_at_a_revision_are_stamped_there_and_upg
 
     assert await revision(blank_engine) == head_revision()
     assert await differences(blank_engine) == []
+
+
+async def test_instances_that_differed_only_by_template_become_runs_of_one(blank_engine):
+    # Given instances keyed, as before 0006, with the template in their key
+    await upgrade(blank_engine, "0005")
+    old_key = '{{"countries":["France"],"issued_from":null,"issued_to":null,"kinds":["invoice"],' \
+              '"template":"{}"}}'
+    async with blank_engine.begin() as conn:
+        for instance_id, template, minute in (("ji-default", "", 1), ("ji-named", "invoice", 2),
+                                              ("ji-other", "", 3)):
+            await conn.execute(db.job_instances.insert().values(
+                id=instance_id, job_name="other" if instance_id == "ji-other" else "monthly",
+                parameters_key=old_key.format(template), run_number=1,
+                create_time=dt.datetime(2026, 12, 1, 9, minute, tzinfo=dt.UTC)))
+
+    await db.create_schema(blank_engine)
+
+    # Then the keys leave the template out, and the newer of the two is the later run
+    async with blank_engine.connect() as conn:
+        rows = (await conn.execute(sa.select(
+            db.job_instances.c.id, db.job_instances.c.parameters_key,
+            db.job_instances.c.run_number).order_by(db.job_instances.c.id))).all()
+    new_key = '{"countries":["France"],"issued_from":null,"issued_to":null,"kinds":["invoice"]}'
+    assert [tuple(row) for row in rows] == [
+        ("ji-default", new_key, 1), ("ji-named", new_key, 2), ("ji-other", new_key, 1)]

@@ -16,12 +16,13 @@ def test_empty_parameters_select_open_invoices():
     assert params == JobParams()
 
 
-def test_identity_ignores_chunk_size_but_not_selection():
+def test_identity_ignores_how_invoices_are_sent_but_not_which():
     small = parse_params(batch_pb2.JobParameters(chunk_size=10), templates=TEMPLATES)
     large = parse_params(batch_pb2.JobParameters(chunk_size=500), templates=TEMPLATES)
+    named = parse_params(batch_pb2.JobParameters(template="invoice"), templates=TEMPLATES)
     france = parse_params(batch_pb2.JobParameters(countries=["France"]), templates=TEMPLATES)
 
-    assert small.identity_key() == large.identity_key()
+    assert small.identity_key() == large.identity_key() == named.identity_key()
     assert france.identity_key() != small.identity_key()
 
 

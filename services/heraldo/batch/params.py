@@ -13,8 +13,10 @@ from heraldo.errors import InvalidArgument
 from heraldo.v1 import batch_pb2, notification_pb2
 
 JOB_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-#: What selects the invoices; chunk_size only changes how they are sent, so it is left out.
-IDENTIFYING_PARAMS = ("issued_from", "issued_to", "kinds", "countries", "template")
+#: What selects the invoices. The template, chunk size, partitions and skip limit only change
+#: how they are sent, so they are left out: a different template for the same selection is the
+#: same instance, refused once it completed unless a new instance is asked for.
+IDENTIFYING_PARAMS = ("issued_from", "issued_to", "kinds", "countries")
 
 KIND_NAMES = {
     notification_pb2.DOCUMENT_KIND_INVOICE: "invoice",
