@@ -45,12 +45,19 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 import grpc
+import jinja2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from heraldo import __version__, db
 from heraldo.argparsing import OneLineParser, whole_number
 from heraldo.errors import ConfigError, HeraldoError, InvalidArgument, NotFound, Unavailable
-from heraldo.notifier.render import InvalidTemplate, Renderer, overrides_from_kv
+from heraldo.notifier.render import (
+    OVERRIDE_PREFIX,
+    IncompleteTemplates,
+    InvalidTemplate,
+    Renderer,
+    overrides_from_kv,
+)
 from heraldo.registry import ConsulAddress, seed_kv
 from heraldo.settings import KV_PREFIX, SHARED_SCOPE, convert, load_seed, resolve
 
@@ -547,6 +554,8 @@ def run_config(args: argparse.Namespace, api: HttpApi) -> int:
         print("\n".join(f"{key.ljust(width)}  {value}" for key, value in sorted(kv.items()))
               or "no settings in Consul KV (heraldo setup writes the defaults)")
         return EXIT_OK
+    if args.key.startswith(OVERRIDE_PREFIX):
+        return set_template(api, args.key, args.value, kv)
     # Stored as it was validated, without the blanks a shell quote may have kept around it.
     value = args.value.strip()
     # Validated against the seed under KV: a key not in KV yet is still at its default.
@@ -555,6 +564,40 @@ def run_config(args: argparse.Namespace, api: HttpApi) -> int:
         raise RequestFailed(f"Consul did not store {args.key}")
     print(f"{args.key} = {value!r}; " + "; ".join(
         when_applied(service, args.key.rsplit("/", 1)[1]) for service in readers))
+    return EXIT_OK
+
+
+def set_template(api: HttpApi, key: str, value: str, kv: dict[str, str]) -> int:
+    """Writes a template override once it renders, with the other overrides in KV, as the
+    notifiers would check it; ``@FILE`` reads the source from FILE."""
+    if value.startswith("@"):
+        try:
+            value = Path(value[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the template {value[1:]}: {exc}") from exc
+    when = "the notifiers apply it within seconds"
+    own = key.removeprefix(OVERRIDE_PREFIX).rsplit("/", 1)[0]
+    built_in = Renderer().set_languages
+    # Checked with the overrides of the built-in sets and languages and of its own: another new
+    # set still being written file by file is not this file's problem.
+    overrides = {name: source for name, source in overrides_from_kv({**kv, key: value}).items()
+                 if name.rsplit("/", 1)[0] in built_in | {own}}
+    try:
+        Renderer(overrides=overrides)
+    except IncompleteTemplates as exc:
+        # A new set or language is written one file at a time: this one need only compile, and
+        # the notifiers take the whole once its last file is in.
+        try:
+            jinja2.Environment().parse(value)
+        except jinja2.TemplateSyntaxError as syntax:
+            raise ConfigError(f"{key}: TemplateSyntaxError: {syntax}") from syntax
+        when = (f"the notifiers use it once the {len(exc.missing)} other files of its set and "
+                f"language are in KV too (next: {OVERRIDE_PREFIX}{exc.missing[0]})")
+    except InvalidTemplate as exc:
+        raise ConfigError(str(exc)) from exc
+    if api.call("PUT", f"/v1/kv/{key}", raw=value.encode("utf-8")) is not True:
+        raise RequestFailed(f"Consul did not store {key}")
+    print(f"{key} = {len(value.splitlines())} lines; {when}")
     return EXIT_OK
 
 
@@ -760,8 +803,10 @@ def build_parser() -> argparse.ArgumentParser:
     get = config_commands.add_parser("get", parents=[consul], help="show one key or all")
     get.add_argument("key", nargs="?", help="one key (default: every key under config/)")
     put = config_commands.add_parser("set", parents=[consul], help="validate and write a key")
-    put.add_argument("key", help="config/<service>/<name> or config/application/<name>")
-    put.add_argument("value", help="checked against the settings of every service reading it")
+    put.add_argument("key", help="config/<service>/<name>, config/application/<name>, or "
+                                 f"{OVERRIDE_PREFIX}<set>/<language>/<file>")
+    put.add_argument("value", help="checked against the settings of every service reading it; "
+                                   "for a template, @FILE reads its source from FILE")
 
     commands.add_parser("import", help="load invoices (heraldo import --help)")
     commands.add_parser("setup", help="seed Consul KV and create the schema")

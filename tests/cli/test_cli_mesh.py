@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
 import pytest
 
 from heraldo import cli
@@ -137,3 +138,26 @@ def test_config_set_validates_before_writing(capsys, loaded_mesh):
     assert "read by batch at its next start" in out
     code, out, _ = run(capsys, "config", "get", "config/batch/streams_per_chunk", *consul)
     assert out == "8\n"
+
+
+def test_config_set_writes_a_template_file_once_it_compiles(capsys, loaded_mesh, tmp_path):
+    consul = ["--consul", f"127.0.0.1:{loaded_mesh.ports.consul}"]
+    key = "config/notifier/templates/trial/en/invoice.subject.txt"
+    source = tmp_path / "subject.txt"
+    source.write_text("Reminder: {{ invoice_number }}\n")
+    try:
+        code, out, err = run(capsys, "config", "set", key, f"@{source}", *consul)
+        assert code == 0, err
+        assert "once the 5 other files of its set and language are in KV too" in out
+        code, out, _ = run(capsys, "config", "get", key, *consul)
+        assert out == "Reminder: {{ invoice_number }}\n\n"
+
+        code, _, err = run(capsys, "config", "set", key, "Reminder {{ invoice_number ", *consul)
+        assert code == 2 and "TemplateSyntaxError" in err
+        # A file of a complete set is rendered as the notifiers would: an unknown name fails
+        code, _, err = run(capsys, "config", "set",
+                           "config/notifier/templates/invoice/en/invoice.subject.txt",
+                           "Invoice {{ no_such_value }}", *consul)
+        assert code == 2 and "no_such_value" in err
+    finally:
+        httpx.delete(f"http://127.0.0.1:{loaded_mesh.ports.consul}/v1/kv/{key}")

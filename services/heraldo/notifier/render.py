@@ -210,6 +210,14 @@ class InvalidTemplate(ValueError):
     """A template override that cannot be used; the message names its key."""
 
 
+class IncompleteTemplates(InvalidTemplate):
+    """Overrides that add a set or a language but lack some of its files, ``missing`` by name."""
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
 class Renderer:
     """Renders documents with the Jinja2 templates of one directory; HTML parts are autoescaped."""
 
@@ -264,8 +272,9 @@ class Renderer:
                            for variant in VARIANTS for part in PARTS
                            if f"{template_set}/{language}/{variant}.{part}" not in self.overrides]
                 if missing:
-                    raise InvalidTemplate(f"{OVERRIDE_PREFIX}{missing[0]}: a new template "
-                                          f"language needs every file; missing {len(missing)}")
+                    raise IncompleteTemplates(f"{OVERRIDE_PREFIX}{missing[0]}: a new template "
+                                              f"language needs every file; missing "
+                                              f"{len(missing)}", missing)
             self._languages[template_set] = self._languages.get(
                 template_set, frozenset()) | frozenset(languages)
 
@@ -284,6 +293,13 @@ class Renderer:
     @property
     def template_sets(self) -> frozenset[str]:
         return frozenset(self._languages)
+
+    @property
+    def set_languages(self) -> frozenset[str]:
+        """Every ``<set>/<language>`` it can render."""
+        return frozenset(f"{template_set}/{language}"
+                         for template_set, languages in self._languages.items()
+                         for language in languages)
 
     def language_for(self, template_set: str, locale: str) -> str:
         """The language the email will be written in: the recipient's, else the default, else en.
