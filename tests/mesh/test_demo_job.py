@@ -192,3 +192,14 @@ def test_a_value_the_transcoder_would_bend_is_refused_by_name(mesh, body, messag
     assert refused.status_code == 400
     assert refused.json()["message"].startswith(message)
     assert all(job["jobName"] != "loose" for job in listed.get("jobs", []))
+
+
+def test_the_edge_serves_the_console_without_credentials_and_nothing_beside_it(mesh):
+    page = httpx.get(f"{mesh.edge_url}/console/")
+    bare = httpx.get(f"{mesh.edge_url}/console", follow_redirects=False)
+    beside = httpx.get(f"{mesh.edge_url}/consolex")
+
+    assert page.status_code == 200 and "console.js" in page.text
+    assert bare.status_code == 302
+    # A path that only starts like the console's is no part of it: credentials are asked for.
+    assert beside.status_code == 401
