@@ -116,6 +116,16 @@ def generate(directory: Path, *, lifetime_s: int = TOKEN_LIFETIME_S,
                            expires_at=expires)
 
 
+def _days_left(directory: Path) -> float:
+    """Days until the token in ``directory`` expires; 0 when there is none or it cannot be read."""
+    try:
+        expires = dt.datetime.fromisoformat(
+            json.loads((directory / CREDENTIALS_FILE).read_text())["expires_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+    return (expires - dt.datetime.now(dt.UTC)).total_seconds() / 86400
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m heraldo.mesh.credentials --dir DIR``: what compose's one-shot service runs."""
     parser = argparse.ArgumentParser(prog="python -m heraldo.mesh.credentials",
@@ -123,9 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", type=Path, required=True,
                         help=f"where {JWKS_FILE} and {CREDENTIALS_FILE} are written")
     parser.add_argument("--keep", action="store_true",
-                        help="leave existing credentials alone (compose restarts keep tokens)")
+                        help="leave existing credentials alone while their token has more than "
+                             "a day left (compose restarts keep tokens)")
     args = parser.parse_args(argv)
-    if args.keep and (args.dir / JWKS_FILE).exists() and (args.dir / CREDENTIALS_FILE).exists():
+    if args.keep and (args.dir / JWKS_FILE).exists() and _days_left(args.dir) > 1:
         print(f"keeping the credentials in {args.dir}")
         return
     credentials = generate(args.dir)
