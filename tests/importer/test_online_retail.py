@@ -272,3 +272,17 @@ async def test_the_command_imports_and_prints_a_summary(pg_engine, pg_url):
     assert "42,481 lines read" in result.stderr
     assert "documents: 2,025" in result.stdout
     assert await count_rows(pg_engine) == (948, 2_025)
+
+
+async def test_a_file_whose_every_line_is_rejected_exits_2_having_written_nothing(
+    pg_engine, pg_url, tmp_path
+):
+    path = tmp_path / "bad-lines.csv"
+    path.write_text(f"{HEADER}\nnot,a,valid,line,at,all,x,y\n,,,,,,,\n", encoding="utf-8")
+
+    result = run_cli("online-retail", str(path), database_url=pg_url)
+
+    assert result.returncode == 2
+    assert f"every line of {path} was rejected; nothing was imported" in result.stderr
+    assert "rejected: 2" in result.stdout
+    assert await count_rows(pg_engine) == (0, 0)

@@ -76,6 +76,10 @@ async def _run(args: argparse.Namespace) -> int:
     finally:
         await engine.dispose()
     print(report.summary())
+    if args.command == "online-retail" and report.lines_read and \
+            report.lines_rejected == report.lines_read:
+        # Nothing was written: more likely the wrong file than a file of bad lines.
+        raise SourceFileError(f"every line of {args.file} was rejected; nothing was imported")
     return 0
 
 
