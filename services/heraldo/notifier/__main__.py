@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from email.utils import parseaddr
 
 from heraldo import logs
@@ -33,6 +34,8 @@ from heraldo.v1 import notification_pb2, notification_pb2_grpc
 logger = logging.getLogger("heraldo.notifier")
 
 SERVICE_NAME = "heraldo-notifier"
+#: The least time deliveries still running get at shutdown once the grace is spent.
+MIN_CLOSE_S = 2.0
 DEFAULT_GRPC_PORT = 50061
 
 
@@ -93,8 +96,12 @@ async def main() -> None:
             await asyncio.gather(live, return_exceptions=True)
             await consul_client.close()
             settings = servicer.settings
+            stopping = time.monotonic()
             await service.stop(settings.shutdown_grace_s)
-            await servicer.close(settings.shutdown_grace_s)
+            # One grace for the whole stop, so a supervisor's wait (15 s in the local mesh)
+            # covers it; deliveries still running get at least a moment to record their outcome.
+            left_s = settings.shutdown_grace_s - (time.monotonic() - stopping)
+            await servicer.close(max(left_s, MIN_CLOSE_S))
     finally:
         await engine.dispose()
 
