@@ -228,3 +228,18 @@ async def test_overrides_that_would_remove_the_default_set_are_refused(notifiers
     assert "acme" in notifier.servicer.template_sets
     assert any("the default template set 'acme' would no longer exist" in r.getMessage()
                for r in caplog.records)
+
+
+async def test_an_override_that_fails_to_render_is_refused_and_settings_still_apply(
+        notifiers, caplog):
+    caplog.set_level(logging.INFO, logger="heraldo.notifier.reload")
+    notifier = await notifiers.start()
+    config = LiveConfig(servicer=notifier.servicer, seed=load_seed(), env={})
+
+    config.on_kv({"config/notifier/templates/invoice/en/invoice.subject.txt": "Z {{ 1/0 }}",
+                  "config/notifier/reply_to": "replies@example.com"})
+
+    assert notifier.servicer.settings.reply_to == "replies@example.com"
+    assert notifier.servicer.template_overrides == {}
+    assert any("rejected template override" in r.getMessage() and "ZeroDivisionError"
+               in r.getMessage() for r in caplog.records)

@@ -13,6 +13,7 @@ from heraldo.notifier.render import (
     Document,
     InvalidDate,
     InvalidMoney,
+    InvalidTemplate,
     Renderer,
     UnknownTemplate,
     date_from_proto,
@@ -186,3 +187,17 @@ def test_an_override_can_use_jinja_globals_and_replaces_only_its_file():
 
     assert first.text == "01 536365" and again.text == "01 581587"
     assert "536365" in first.subject and "581587" in again.html
+
+
+@pytest.mark.parametrize(("source", "problem"), [
+    ("Invoice {{ invoice_number ", "TemplateSyntaxError"),
+    ("Invoice {{ no_such_value }}", "UndefinedError"),
+    ("Invoice {{ 1/0 }}", "ZeroDivisionError"),
+    ("Invoice {{ invoice_number | no_such_filter }}", "TemplateAssertionError"),
+])
+def test_an_override_that_cannot_render_is_refused_naming_its_key(source, problem):
+    with pytest.raises(InvalidTemplate) as refused:
+        Renderer(overrides={"invoice/en/invoice.subject.txt": source})
+
+    assert str(refused.value).startswith(
+        f"config/notifier/templates/invoice/en/invoice.subject.txt: {problem}")

@@ -286,7 +286,7 @@ class Renderer:
             variant = file_name.split(".")[0]
             try:
                 self.render(template_set, language, dataclasses.replace(sample, variant=variant))
-            except jinja2.TemplateError as exc:
+            except Exception as exc:  # noqa: BLE001 - an operator's template may raise anything
                 raise InvalidTemplate(f"{OVERRIDE_PREFIX}{name}: {type(exc).__name__}: "
                                       f"{exc}") from exc
 
