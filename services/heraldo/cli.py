@@ -524,6 +524,14 @@ def validate_setting(key: str, value: str, current: dict[str, str]) -> list[str]
         if value.strip() not in known:
             raise ConfigError(f"{key}={value!r}: unknown template set; known: "
                               f"{', '.join(sorted(known))}")
+    if key == "config/batch/templates":
+        known = template_sets(current)
+        named = [item.strip() for item in value.split(",") if item.strip()]
+        unknown = sorted(set(named) - known)
+        if not named or unknown:
+            raise ConfigError(f"{key}={value!r}: expected template sets the notifiers have, "
+                              f"comma-separated ({', '.join(sorted(known))}); "
+                              + (f"unknown: {', '.join(unknown)}" if unknown else "none given"))
     return readers
 
 
@@ -576,6 +584,8 @@ def set_template(api: HttpApi, key: str, value: str, kv: dict[str, str]) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the template {value[1:]}: {exc}") from exc
     when = "the notifiers apply it within seconds"
+    if not value.strip():
+        when = "an empty override is none: the notifiers drop it within seconds"
     own = key.removeprefix(OVERRIDE_PREFIX).rsplit("/", 1)[0]
     built_in = Renderer().set_languages
     # Checked with the overrides of the built-in sets and languages and of its own: another new
@@ -597,7 +607,8 @@ def set_template(api: HttpApi, key: str, value: str, kv: dict[str, str]) -> int:
         raise ConfigError(str(exc)) from exc
     if api.call("PUT", f"/v1/kv/{key}", raw=value.encode("utf-8")) is not True:
         raise RequestFailed(f"Consul did not store {key}")
-    print(f"{key} = {len(value.splitlines())} lines; {when}")
+    lines = len(value.splitlines())
+    print(f"{key} = {lines} line{'s' if lines != 1 else ''}; {when}")
     return EXIT_OK
 
 
@@ -708,6 +719,17 @@ _positive_int = whole_number(1, "a positive number")
 _skip_limit = whole_number(-1, "0 or more, or -1 for no limit")
 
 
+def _non_empty(expected: str) -> Callable[[str], str]:
+    """An argparse type: text with something besides blanks (an empty shell variable is not)."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"expected {expected}, got an empty value")
+        return text.strip()
+
+    return parse
+
+
 def _edge_url(text: str) -> str:
     """An argparse type: an http(s) URL of a host and port, as the edge is reached.
 
@@ -775,7 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("stop", "stop after the chunk in flight"),
                        ("restart", "restart a stopped or failed job from its checkpoint")):
         command = job_commands.add_parser(name, parents=[edge], help=text)
-        command.add_argument("job_id", help="the job's id, as jobs start and jobs list print it")
+        command.add_argument("job_id", type=_non_empty("a job id"),
+                             help="the job's id, as jobs start and jobs list print it")
         if name == "restart":
             command.add_argument("--watch", action="store_true", help="follow it until it ends")
 
@@ -790,8 +813,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--credit-note", action="store_true", help="a credit note, not an invoice")
     send.add_argument("--template", help="template set (default: the notifier's)")
     send.add_argument("--locale", help="e.g. es-ES (default: the notifier's)")
-    send.add_argument("--id", help="notification id (default: a new one); resending one is a "
-                                   "DUPLICATE, not a second mail")
+    send.add_argument("--id", type=_non_empty("a notification id"),
+                      help="notification id (default: a new one); resending one is a "
+                           "DUPLICATE, not a second mail")
 
     mesh = commands.add_parser("mesh", help="the mesh as Consul sees it")
     mesh_commands = mesh.add_subparsers(dest="mesh_command", required=True)

@@ -92,6 +92,8 @@ def test_money_is_exact():
     ("config/notifier/default_template", "nosuch", "unknown template set; known: invoice"),
     ("config/batch/partitions", "100000", "partitions must be at most 256"),
     ("config/batch/chunk_size", "100000000", "chunk_size must be at most 10000"),
+    ("config/batch/templates", "invoice,nosuch", "unknown: nosuch"),
+    ("config/batch/templates", " , ", "none given"),
 ])
 def test_a_bad_setting_is_refused_with_its_reason(key, value, problem):
     with pytest.raises(ConfigError, match=problem):
@@ -262,3 +264,14 @@ def test_a_token_from_the_environment_that_no_header_can_carry_is_refused(monkey
 
     with pytest.raises(ConfigError, match="HERALDO_TOKEN: the token holds blanks"):
         cli.read_token(None)
+
+
+@pytest.mark.parametrize("argv", [["jobs", "show", ""], ["jobs", "watch", "  "],
+                                  ["send", "--to", "ana@example.com", "--invoice", "INV-1",
+                                   "--amount", "1", "--id", ""]])
+def test_an_empty_id_is_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+
+    assert exited.value.code == 2
+    assert "got an empty value" in capsys.readouterr().err

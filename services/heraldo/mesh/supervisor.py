@@ -403,7 +403,9 @@ class LocalMesh:
         stop before the infrastructure they deregister from."""
         batches = [child for child in self.children if child.name.startswith("batch")]
         for child in [*batches, *(c for c in reversed(self.children) if c not in batches)]:
-            child.stop()
+            if child.running:
+                child.stop()
+                logger.info("stopped component=%s", child.name)
         self.children.clear()
 
 
