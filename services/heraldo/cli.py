@@ -50,6 +50,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from heraldo import __version__, db
 from heraldo.argparsing import OneLineParser, whole_number
+from heraldo.batch.settings import MAX_PAGE_SIZE
 from heraldo.errors import ConfigError, HeraldoError, InvalidArgument, NotFound, Unavailable
 from heraldo.notifier.render import (
     OVERRIDE_PREFIX,
@@ -67,8 +68,6 @@ PROBE_TIMEOUT_S = 3.0
 HTTP_TIMEOUT_S = 30.0
 WATCH_POLL_S = 0.5
 DEFAULT_EDGE_URL = "http://127.0.0.1:8080"
-#: The most jobs the edge lists in one page (the batch service's MAX_PAGE_SIZE).
-MAX_JOBS_LISTED = 500
 DEFAULT_CREDENTIALS = Path("var") / "credentials.json"
 #: Written by the local mesh (make up / make run): its edge, Consul and database addresses.
 LOCAL_MESH_FILE = Path("var") / "mesh.json"
@@ -354,7 +353,7 @@ def run_jobs(args: argparse.Namespace, api: HttpApi) -> int:
         jobs = reply.get("jobs", [])
         print(jobs_table(jobs))
         if reply.get("nextPageToken"):
-            more = (f"--limit up to {MAX_JOBS_LISTED} shows more" if args.limit < MAX_JOBS_LISTED
+            more = (f"--limit up to {MAX_PAGE_SIZE} shows more" if args.limit < MAX_PAGE_SIZE
                     else "REST's pageToken pages further")
             print(f"(the newest {len(jobs)} shown; {more})")
         return EXIT_OK
@@ -790,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--watch", action="store_true", help="follow it until it ends")
     listing = job_commands.add_parser("list", parents=[edge], help="newest jobs first")
     listing.add_argument("--limit", default=20, type=whole_number(
-                             1, f"1 to {MAX_JOBS_LISTED}", maximum=MAX_JOBS_LISTED),
+                             1, f"1 to {MAX_PAGE_SIZE}", maximum=MAX_PAGE_SIZE),
                          help="how many jobs at most (%(default)s)")
     for name, text in (("show", "a job's counts, reasons and replicas"),
                        ("watch", "a live progress bar until the job ends"),

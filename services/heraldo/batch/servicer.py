@@ -19,7 +19,7 @@ from heraldo.batch.repository import (
     JobRepository,
     Step,
 )
-from heraldo.batch.settings import BatchSettings
+from heraldo.batch.settings import MAX_PAGE_SIZE, BatchSettings
 from heraldo.convert import timestamp, utcnow
 from heraldo.errors import FailedPrecondition, InvalidArgument
 from heraldo.v1 import batch_pb2, batch_pb2_grpc
@@ -27,7 +27,6 @@ from heraldo.v1 import batch_pb2, batch_pb2_grpc
 logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 WATCH_POLL_S = 0.5
 
 

@@ -9,6 +9,8 @@ from heraldo.settings import not_negative, positive
 #: The largest chunk and the most partitions a job may ask for, or the settings give.
 MAX_CHUNK_SIZE = 10_000
 MAX_PARTITIONS = 256
+#: The most jobs one ListJobs page holds.
+MAX_PAGE_SIZE = 500
 
 
 @dataclass(frozen=True)
